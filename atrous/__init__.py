@@ -1,0 +1,42 @@
+"""atrous: semantic segmentation from FCN to DeepLab v3+, with the dense CRF and ConvCRF.
+
+    import atrous
+    model = atrous.create_model("deeplab_v3plus", num_classes=11, backbone="resnet50")
+    logits = model(images)  # (N, 11, H, W) for any H, W
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from atrous.models import SegmentationModel, create_model, list_models
+
+__version__ = "0.1.0"
+
+# names resolved on first use, so that `import atrous` stays light
+_LAZY = {
+    "save_checkpoint": "atrous.engine.checkpoint",
+    "load_checkpoint": "atrous.engine.checkpoint",
+    "from_torchvision": "atrous.models.torchvision_compat",
+}
+_LAZY_MODULES = ("crf", "metrics", "data", "engine", "layers", "backbones")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f"atrous.{name}")
+    raise AttributeError(f"module 'atrous' has no attribute '{name}'")
+
+
+__all__ = [
+    "SegmentationModel",
+    "__version__",
+    "create_model",
+    "from_torchvision",
+    "list_models",
+    "load_checkpoint",
+    "save_checkpoint",
+]

@@ -1,0 +1,98 @@
+"""Any timm encoder as a backbone, via `features_only=True`, with output stride and
+DeepLab v3's multi-grid (Chen et al., 2017, Sec. 3.2)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from atrous.backbones.base import Backbone, load_weights_file
+
+NAMED_SOURCES = ("imagenet", "timm")
+
+
+def _is_named_source(pretrained: str) -> bool:
+    return pretrained in NAMED_SOURCES or pretrained.startswith("timm:")
+
+
+class TimmBackbone(Backbone):
+    """Wraps `timm.create_model(name, features_only=True, output_stride=...)`.
+
+    `pretrained` is None, a local weights file (timm names), or a named source:
+    "imagenet"/"timm" (timm's default pretrained tag) or "timm:<tag>", fetched by timm
+    only when asked for. `multi_grid` multiplies the dilation of the 3x3 convolutions of
+    the last stage's blocks, block by block (e.g. (1, 2, 4); a two-block stage uses (1, 2)).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        in_channels: int = 3,
+        output_stride: int = 32,
+        out_indices: Sequence[int] | None = None,
+        multi_grid: Sequence[int] | None = None,
+        pretrained: str | None = None,
+    ) -> None:
+        super().__init__()
+        import timm
+
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        if not timm.is_model(name):
+            raise ValueError(f"unknown backbone '{name}' (not a timm model nor vgg16/vgg16_bn)")
+        model_name = name
+        fetch = pretrained is not None and _is_named_source(pretrained)
+        if fetch and pretrained.startswith("timm:"):
+            model_name = f"{name}.{pretrained.split(':', 1)[1]}"
+        if pretrained is not None and not fetch and not os.path.isfile(pretrained):
+            raise FileNotFoundError(
+                f"pretrained_backbone '{pretrained}' is neither a file nor one of {NAMED_SOURCES}"
+            )
+        kwargs = {"features_only": True, "in_chans": in_channels, "pretrained": fetch}
+        if out_indices is not None:
+            kwargs["out_indices"] = tuple(out_indices)
+        if output_stride != 32:
+            kwargs["output_stride"] = output_stride
+        try:
+            self.body = timm.create_model(model_name, **kwargs)
+        except (TypeError, RuntimeError, ValueError) as err:
+            raise ValueError(f"backbone '{name}' cannot be built with output_stride={output_stride}: {err}") from err
+        if pretrained is not None and not fetch:
+            load_weights_file(self.body, pretrained)
+        self.name = name
+        self.channels = list(self.body.feature_info.channels())
+        self.reductions = [min(r, output_stride) for r in self.body.feature_info.reduction()]
+        if multi_grid is not None:
+            self._apply_multi_grid(tuple(multi_grid), stage_dilation=32 // output_stride)
+
+    def _last_stage(self) -> nn.Module:
+        module_name = self.body.feature_info.module_name()[-1]
+        stage: nn.Module = self.body
+        for part in module_name.split("."):
+            stage = getattr(stage, part)
+        return stage
+
+    def _apply_multi_grid(self, grid: tuple[int, ...], stage_dilation: int) -> None:
+        """Multi-grid: block i's 3x3 convs get rate `stage_dilation * grid[i]`
+        (e.g. (2, 4, 8) for grid (1, 2, 4) at output stride 16)."""
+        stage = self._last_stage()
+        blocks = list(stage.children()) if isinstance(stage, nn.Sequential) else []
+        if not blocks or len(blocks) > len(grid):
+            raise ValueError(
+                f"multi_grid {grid} needs a last stage of at most {len(grid)} blocks; "
+                f"backbone '{self.name}' has {len(blocks) or 'no'} blocks there"
+            )
+        # a shorter stage (ResNet-18's two blocks) takes the first unit rates of the grid
+        for block, unit_rate in zip(blocks, grid):
+            convs = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1]
+            rate = stage_dilation * unit_rate
+            for conv in convs:
+                conv.dilation = (rate, rate)
+                conv.padding = (rate * (conv.kernel_size[0] - 1) // 2,) * 2
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.body(x))

@@ -1,0 +1,109 @@
+"""Model registry: builder functions registered by name, as in timm."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from atrous.models.base import SegmentationModel
+
+# a SegmentationModel subclass, or a function returning one
+Builder = Callable[..., SegmentationModel]
+
+_BUILDERS: dict[str, Builder] = {}
+_SUMMARIES: dict[str, str] = {}
+
+_CONTRACT_ARGS = ("in_channels", "backbone", "output_stride", "pretrained_backbone")
+
+
+def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
+    """Register a model class (or builder function) under `name` with a one-line summary.
+
+    It is called as `builder(num_classes, *, in_channels, backbone, output_stride,
+    pretrained_backbone, **options)`, None meaning the paper's default; its other
+    keyword-only parameters are the model's options.
+    """
+
+    def decorate(builder: Builder) -> Builder:
+        if name in _BUILDERS:
+            raise ValueError(f"model '{name}' is registered twice")
+        _BUILDERS[name] = builder
+        _SUMMARIES[name] = summary
+        return builder
+
+    return decorate
+
+
+def list_models() -> list[str]:
+    """Every registered model name, sorted."""
+    _import_families()
+    return sorted(_BUILDERS)
+
+
+def model_summaries() -> dict[str, str]:
+    _import_families()
+    return dict(sorted(_SUMMARIES.items()))
+
+
+def model_options(name: str) -> dict[str, Any]:
+    """The keyword options (beyond the contract's) that model `name` accepts, with defaults."""
+    builder = _get_builder(name)
+    params = inspect.signature(builder).parameters
+    return {
+        key: p.default
+        for key, p in params.items()
+        if p.kind is p.KEYWORD_ONLY and key not in _CONTRACT_ARGS
+    }
+
+
+def _get_builder(name: str) -> Builder:
+    _import_families()
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(sorted(_BUILDERS))}")
+    return _BUILDERS[name]
+
+
+def create_model(
+    name: str,
+    num_classes: int,
+    *,
+    in_channels: int = 3,
+    backbone: str | None = None,
+    output_stride: int | None = None,
+    pretrained_backbone: str | None = None,
+    **options: Any,
+) -> SegmentationModel:
+    """Build model `name`. None means the paper's default for backbone and output stride.
+
+    `pretrained_backbone` is None, a local weights file, or a named source ("imagenet")
+    fetched only when asked for. Unknown options raise a ValueError that lists the known.
+    """
+    builder = _get_builder(name)
+    known = model_options(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        listing = ", ".join(known) or "none"
+        raise ValueError(f"model '{name}' has no option '{unknown[0]}' (its options: {listing})")
+    model = builder(
+        num_classes,
+        in_channels=in_channels,
+        backbone=backbone,
+        output_stride=output_stride,
+        pretrained_backbone=pretrained_backbone,
+        **options,
+    )
+    model.config = {
+        "name": name,
+        "num_classes": num_classes,
+        "in_channels": in_channels,
+        "backbone": backbone,
+        "output_stride": output_stride,
+        "options": dict(options),
+    }
+    return model
+
+
+def _import_families() -> None:
+    """Import the model family modules so that their builders register themselves."""
+    import atrous.models  # noqa: F401
