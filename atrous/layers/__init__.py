@@ -1,14 +1,30 @@
 """Building blocks shared by the model families (depends on torch only)."""
 
 from atrous.layers.aspp import ASPP, ASPPPooling
+from atrous.layers.aspp_sum import ASPPSum
 from atrous.layers.conv import ConvBNReLU, SeparableConv2d, conv_bn_relu
+from atrous.layers.fcn_head import FCNHead
+from atrous.layers.pyramid_pooling import PyramidPooling
+from atrous.layers.refinenet import (
+    ChainedResidualPooling,
+    MultiResolutionFusion,
+    RefineNetBlock,
+    ResidualConvUnit,
+)
 from atrous.layers.upsample import BilinearConvTranspose2d, bilinear_kernel, resize_like
 
 __all__ = [
     "ASPP",
     "ASPPPooling",
+    "ASPPSum",
     "BilinearConvTranspose2d",
+    "ChainedResidualPooling",
     "ConvBNReLU",
+    "FCNHead",
+    "MultiResolutionFusion",
+    "PyramidPooling",
+    "RefineNetBlock",
+    "ResidualConvUnit",
     "SeparableConv2d",
     "bilinear_kernel",
     "conv_bn_relu",

@@ -3,9 +3,23 @@
 Importing this package imports every family so that its models register themselves.
 """
 
-from atrous.models import deeplab, unet  # noqa: F401  (registers the models)
+from atrous.models import (  # noqa: F401  (registers the models)
+    attention,
+    deeplab,
+    fcn,
+    pspnet,
+    refinenet,
+    segnet,
+    unet,
+)
 from atrous.models.base import SegmentationModel
-from atrous.models.registry import create_model, list_models, model_options, model_summaries, register_model
+from atrous.models.registry import (
+    create_model,
+    list_models,
+    model_options,
+    model_summaries,
+    register_model,
+)
 
 __all__ = [
     "SegmentationModel",

@@ -1,5 +1,20 @@
-"""DeepLab v3 and v3+.
+"""The DeepLab family: v1 (LargeFOV), v2 (ASPP-L), v3 and v3+.
 
+- DeepLab v1: Chen, Papandreou, Kokkinos, Murphy, Yuille, "Semantic Image Segmentation with
+  Deep Convolutional Nets and Fully Connected CRFs", ICLR 2015, Sec. 3.1 and 4.1, the
+  DeepLab-LargeFOV variant: VGG16 whose pools are 3x3 / stride 2 / pad 1, pool4 and pool5 at
+  stride 1, conv5 at dilation 2, fc6 3x3 at dilation 12 with 1024 channels, fc7 1x1 1024
+  (dropout 0.5 after each), fc8 1x1; output stride 8, bilinear upsampling of the logits
+  (the CRF is atrous.crf's business). 20.5M parameters for 21 classes (Table 2).
+- DeepLab v2: Chen, Papandreou, Kokkinos, Murphy, Yuille, "DeepLab: Semantic Image
+  Segmentation with Deep Convolutional Nets, Atrous Convolution, and Fully Connected CRFs",
+  TPAMI 2017. ResNet-101 at output stride 8 (Sec. 3.1, 4.1), ASPP-L (Sec. 3.3): four 3x3
+  classifiers at rates 6/12/18/24 whose score maps are summed. `input_scales=(1, 0.75, 0.5)`
+  is the paper's multi-scale input ("MSC", Sec. 4.1): one shared network per scale, the
+  scores fused by the pixel-wise maximum, and in training every scale's scores supervised
+  too (aux keys "scale_1", "scale_0.75", "scale_0.5", weight 1). Deviation: timm's ResNet
+  puts the stride in the 3x3 conv (torchvision style) where the Caffe ResNet-101 puts it
+  in the first 1x1 conv.
 - DeepLab v3: Chen, Papandreou, Schroff, Adam, "Rethinking Atrous Convolution for Semantic
   Image Segmentation", 2017. ResNet at output stride 16 (ASPP rates 6/12/18) or 8 (rates
   doubled), ASPP with batch norm and image-level pooling (Sec. 3.3), multi-grid (1, 2, 4) in
@@ -11,8 +26,11 @@
   depthwise-separable convolutions in ASPP and decoder; `backbone="xception65"` is timm's
   aligned Xception-65 (Sec. 3.2).
 
-Deviations from the papers, as options: `multi_grid=None` turns multi-grid off;
-`aspp_dropout` is the 0.1 dropout of the reference code (0 removes it).
+Deviations from the v3/v3+ papers, as options: `multi_grid=None` turns multi-grid off;
+`aspp_dropout` is the 0.1 dropout of the reference code (0 removes it). For torchvision's
+DeepLabV3 (see atrous.from_torchvision): `head_conv=True` adds its 3x3 256-channel
+conv-BN-ReLU between ASPP and classifier, `aux_head=True` its auxiliary FCN head on the
+stride-16 features (loss weight 0.5).
 """
 
 from __future__ import annotations
@@ -22,9 +40,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.backbones import create_backbone
-from atrous.layers import ASPP, conv_bn_relu, resize_like
+from atrous.backbones import VGG16, create_backbone
+from atrous.layers import ASPP, ASPPSum, ConvBNReLU, FCNHead, conv_bn_relu, resize_like
 from atrous.models.base import SegmentationModel
+from atrous.models.fcn import VGG_BACKBONES, vgg_fc_as_conv
+from atrous.models.multiscale import run_at_scales, scale_key
 from atrous.models.registry import register_model
 
 DEFAULT_BACKBONE = "resnet101"
@@ -49,6 +69,104 @@ def _multi_grid_for(backbone: str, multi_grid: Sequence[int] | None) -> Sequence
     return multi_grid if resnet_like else None
 
 
+@register_model("deeplab_v1", "DeepLab v1 LargeFOV (Chen et al. ICLR 2015): VGG16, OS 8, fc6 3x3 rate 12")
+class DeepLabV1(SegmentationModel):
+    """DeepLab-LargeFOV (ICLR 2015, Sec. 3.1, 4.1): dilated VGG16 -> fc6/fc7 -> fc8 at stride 8.
+
+    Options: `fc6_dilation` (12; DeepLab-v1's other variants use 4 or 8), `fc_channels`
+    (1024; 4096 is the "DeepLab" variant with a 4x4 fc6), `dropout` (0.5).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        backbone: str | None = None,
+        output_stride: int | None = None,
+        pretrained_backbone: str | None = None,
+        fc6_dilation: int = 12,
+        fc_channels: int = 1024,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__(num_classes, in_channels)
+        backbone = backbone or "vgg16"
+        if backbone not in VGG_BACKBONES:
+            raise ValueError(f"deeplab_v1 is built on vgg16 or vgg16_bn, not '{backbone}'")
+        self.backbone = VGG16(
+            batch_norm=backbone == "vgg16_bn",
+            in_channels=in_channels,
+            output_stride=output_stride or 8,
+            out_indices=(4,),
+            pool_kernel=3,
+            pretrained=pretrained_backbone,
+        )
+        self.divisor = self.backbone.output_stride
+        self.fc = vgg_fc_as_conv(512, fc_channels, 3, dropout, dilation=fc6_dilation)
+        self.feature_channels = fc_channels
+        self.classifier = nn.Conv2d(fc_channels, num_classes, 1)  # fc8
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fc7 features (N, 1024, H/8, W/8) and the logits (N, K, H/8, W/8)."""
+        features = self.fc(self.backbone(x)[-1])
+        return features, self.classifier(features)
+
+    def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"out": self.features_and_logits(x)[1]}
+
+
+@register_model("deeplab_v2", "DeepLab v2 (Chen et al. TPAMI 2017): ResNet-101 OS 8, ASPP-L, optional MSC")
+class DeepLabV2(SegmentationModel):
+    """DeepLab v2 (TPAMI 2017, Sec. 3.3, 4.1): dilated ResNet -> ASPP-L, logits at stride 8.
+
+    Options: `rates` (6, 12, 18, 24) = ASPP-L, (2, 4, 8, 12) = ASPP-S; `input_scales`
+    (None = a single scale; the paper's MSC is (1, 0.75, 0.5), max-fused, the first scale
+    setting the output size).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        backbone: str | None = None,
+        output_stride: int | None = None,
+        pretrained_backbone: str | None = None,
+        rates: Sequence[int] = (6, 12, 18, 24),
+        input_scales: Sequence[float] | None = None,
+    ) -> None:
+        super().__init__(num_classes, in_channels)
+        self.backbone = create_backbone(
+            backbone or DEFAULT_BACKBONE,
+            in_channels=in_channels,
+            output_stride=output_stride or 8,
+            pretrained=pretrained_backbone,
+        )
+        self.divisor = self.backbone.output_stride
+        self.feature_channels = self.backbone.channels[-1]
+        self.aspp = ASPPSum(self.feature_channels, num_classes, rates)
+        self.input_scales = tuple(input_scales) if input_scales else (1.0,)
+        if len(self.input_scales) > 1:
+            self.aux_weights = {scale_key(s): 1.0 for s in self.input_scales}
+
+    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The deepest backbone features (N, 2048, H/8, W/8) and the logits (N, K, H/8, W/8)."""
+        features = self.backbone(x)[-1]
+        return features, self.aspp(features)
+
+    def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if len(self.input_scales) == 1:
+            return {"out": self.features_and_logits(x)[1]}
+        per_scale = run_at_scales(
+            lambda inp: (self.features_and_logits(inp)[1],), x, self.input_scales, self.divisor
+        )
+        logits = [maps[0] for maps in per_scale]  # each (N, K, H/8, W/8)
+        outputs = {"out": torch.stack(logits).amax(dim=0)}
+        if self.training:
+            outputs.update({scale_key(s): lg for s, lg in zip(self.input_scales, logits, strict=True)})
+        return outputs
+
+
 @register_model("deeplab_v3", "DeepLab v3 (Chen et al. 2017): ResNet, ASPP with image pooling, multi-grid, OS 16/8")
 class DeepLabV3(SegmentationModel):
     """DeepLab v3: backbone -> ASPP -> 1x1 classifier (logits at the output stride)."""
@@ -65,6 +183,8 @@ class DeepLabV3(SegmentationModel):
         aspp_channels: int = 256,
         aspp_dropout: float = 0.1,
         separable: bool = False,
+        head_conv: bool = False,
+        aux_head: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels)
         backbone = backbone or DEFAULT_BACKBONE
@@ -84,11 +204,18 @@ class DeepLabV3(SegmentationModel):
             separable=separable,
             dropout=aspp_dropout,
         )
+        self.head_conv = ConvBNReLU(aspp_channels, aspp_channels) if head_conv else nn.Identity()
         self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
+        if aux_head:
+            self.aux_head = FCNHead(self.backbone.channels[-2], num_classes)
+            self.aux_weights["aux"] = 0.5
 
     def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(x)
-        return {"out": self.classifier(self.aspp(features[-1]))}  # (N, K, H/os, W/os)
+        outputs = {"out": self.classifier(self.head_conv(self.aspp(features[-1])))}
+        if self.training and "aux" in self.aux_weights:
+            outputs["aux"] = self.aux_head(features[-2])  # stride-16 features (layer3)
+        return outputs
 
 
 class DeepLabV3PlusDecoder(nn.Module):

@@ -1,0 +1,70 @@
+"""RefineNet: Lin, Milan, Shen, Reid, "RefineNet: Multi-Path Refinement Networks for
+High-Resolution Semantic Segmentation", CVPR 2017.
+
+The 4-cascaded RefineNet (Sec. 3.1, Fig. 2a / 3c) on a ResNet (default resnet101): the
+features of the four stages (strides 4, 8, 16, 32) are first reduced by a 3x3 conv to 512
+channels (stride 32) or 256 (others), as in the reference code; RefineNet-4 refines the
+stride-32 path alone, each following RefineNet-m fuses the previous block's output with
+the stride-(2^(m+1)) path: residual conv units, multi-resolution fusion, chained residual
+pooling, output RCU (Sec. 3.2). The stride-4 output passes two more RCUs and a 1x1
+classifier (dropout 0.5 before it, as in the reference code); logits at stride 4 are upsampled
+bilinearly. Options: `crp_blocks` (2, as in Fig. 2d), `channels` (256), `dropout` (0.5).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from atrous.backbones import create_backbone
+from atrous.layers import RefineNetBlock, ResidualConvUnit
+from atrous.models.base import SegmentationModel
+from atrous.models.registry import register_model
+
+
+@register_model("refinenet", "RefineNet (Lin et al. CVPR 2017): 4-cascaded, RCU / fusion / chained residual pooling")
+class RefineNet(SegmentationModel):
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        in_channels: int = 3,
+        backbone: str | None = None,
+        output_stride: int | None = None,
+        pretrained_backbone: str | None = None,
+        channels: int = 256,
+        crp_blocks: int = 2,
+        dropout: float = 0.5,
+    ) -> None:
+        super().__init__(num_classes, in_channels)
+        if output_stride not in (None, 32):
+            raise ValueError("refinenet uses the backbone at full stride; leave output_stride unset")
+        self.backbone = create_backbone(
+            backbone or "resnet101",
+            in_channels=in_channels,
+            out_indices=(1, 2, 3, 4),  # strides 4, 8, 16, 32
+            pretrained=pretrained_backbone,
+        )
+        self.divisor = 32
+        widths = [channels, channels, channels, 2 * channels]  # strides 4, 8, 16, 32
+        self.reduce = nn.ModuleList(
+            nn.Conv2d(c, w, 3, padding=1, bias=False) for c, w in zip(self.backbone.channels, widths, strict=True)
+        )
+        # RefineNet-4 (stride 32 alone), then -3, -2, -1 (previous output + a finer path)
+        self.refine = nn.ModuleList(
+            [RefineNetBlock([widths[3]], widths[3], crp_blocks)]
+            + [RefineNetBlock([widths[i], prev], widths[i], crp_blocks) for i, prev in ((2, widths[3]), (1, channels), (0, channels))]
+        )
+        self.classifier = nn.Sequential(
+            ResidualConvUnit(channels),
+            ResidualConvUnit(channels),
+            nn.Dropout(dropout),
+            nn.Conv2d(channels, num_classes, 1),
+        )
+
+    def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        paths = [reduce(f) for reduce, f in zip(self.reduce, self.backbone(x), strict=True)]  # strides 4..32
+        y = self.refine[0]([paths[3]])  # (N, 512, H/32, W/32)
+        for block, path in zip(self.refine[1:], reversed(paths[:3]), strict=True):
+            y = block([path, y])  # (N, 256, finer stride)
+        return {"out": self.classifier(y)}  # (N, K, H/4, W/4)

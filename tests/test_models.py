@@ -1,0 +1,278 @@
+"""The seed architectures: registry, any-size forward, paper parameter counts, training
+steps, and the details that make each one the paper's (bilinear deconvs, unpooling at the
+argmax, max / attention fusion over scales)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import atrous
+from atrous.layers import BilinearConvTranspose2d, bilinear_kernel
+from atrous.models.fcn import load_vgg16_classifier
+from atrous.models.segnet import pool_with_indices, unpool
+
+PAPER_MODELS = [
+    "fcn32s", "fcn16s", "fcn8s", "segnet", "segnet_basic", "unet", "deeplab_v1", "deeplab_v2",
+    "deeplab_v3", "deeplab_v3plus", "refinenet", "pspnet", "attention_to_scale",
+]  # fmt: skip
+
+# (name, options) small enough to train on the CPU in a test
+SMALL = {
+    "fcn32s": {"backbone": "resnet18"},
+    "fcn16s": {"backbone": "resnet18", "output_stride": 32},
+    "fcn8s": {"backbone": "resnet18", "output_stride": 32, "aux_head": True},
+    "segnet": {},
+    "segnet_basic": {},
+    "unet": {"base_channels": 8},
+    "deeplab_v1": {},
+    "deeplab_v2": {"backbone": "resnet18", "input_scales": (1.0, 0.75, 0.5)},
+    "deeplab_v3": {"backbone": "resnet18"},
+    "deeplab_v3plus": {"backbone": "resnet18"},
+    "refinenet": {"backbone": "resnet18", "channels": 32},
+    "pspnet": {"backbone": "resnet18"},
+    "attention_to_scale": {"base": "deeplab_v2", "backbone": "resnet18"},
+}
+
+# the papers' parameter counts: (name, num_classes, in_channels, millions)
+PAPER_PARAMS = [
+    ("fcn8s", 21, 3, 134.0),  # Long et al., Table 1 / Sec. 4.2
+    ("deeplab_v1", 21, 3, 20.5),  # Chen et al. ICLR 2015, Table 2 (LargeFOV)
+    ("segnet", 11, 3, 29.4),  # Badrinarayanan et al., Table 6 (SegNet)
+    ("unet", 2, 1, 31.0),  # Ronneberger et al. (1 input channel, 2 classes)
+]
+
+
+def meta_model(name: str, num_classes: int = 21, **kwargs) -> atrous.SegmentationModel:
+    """The model with tensors on the meta device: built and run without memory or compute."""
+    with torch.device("meta"):
+        return atrous.create_model(name, num_classes, **kwargs)
+
+
+def test_every_seed_architecture_is_registered() -> None:
+    assert set(PAPER_MODELS) <= set(atrous.list_models())
+
+
+@pytest.mark.parametrize("name", PAPER_MODELS)
+def test_docstring_names_paper(name: str) -> None:
+    model = meta_model(name)
+    doc = type(model).__doc__ or ""
+    module_doc = __import__(type(model).__module__, fromlist=["_"]).__doc__ or ""
+    assert "Sec." in doc + module_doc
+    assert any(year in module_doc for year in ("2015", "2016", "2017"))
+
+
+@pytest.mark.parametrize("name,num_classes,in_channels,millions", PAPER_PARAMS)
+def test_parameter_count_matches_paper(name: str, num_classes: int, in_channels: int, millions: float) -> None:
+    model = meta_model(name, num_classes, in_channels=in_channels)
+    count = sum(p.numel() for p in model.parameters()) / 1e6
+    assert abs(count - millions) / millions < 0.01, f"{name}: {count:.2f}M vs paper {millions}M"
+
+
+@pytest.mark.parametrize("name", PAPER_MODELS)
+@pytest.mark.parametrize("size", [(97, 131), (360, 480)])
+def test_paper_configuration_keeps_input_size(name: str, size: tuple[int, int]) -> None:
+    """Shape propagation of the paper's configuration on the meta device (no compute)."""
+    model = meta_model(name, 5).eval()
+    out = model(torch.empty(2, 3, *size, device="meta"))
+    assert out.shape == (2, 5, *size)
+
+
+@pytest.mark.parametrize("name", ["fcn8s", "segnet_basic"])
+def test_small_model_real_forward_at_odd_and_camvid_sizes(name: str) -> None:
+    model = atrous.create_model(name, 3, **SMALL[name]).eval()
+    with torch.no_grad():
+        for size in [(97, 131), (360, 480)]:
+            out = model(torch.randn(1, 3, *size))
+            assert out.shape == (1, 3, *size)
+            assert torch.isfinite(out).all()
+
+
+def synthetic_batch(size: int = 64, num_classes: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images whose class is readable from the first channel's sign and the column."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, size, size, generator=gen)
+    target = (images[:, 0] > 0).long()
+    target[:, :, : size // 4] = num_classes - 1
+    target[0, :3, :3] = 255  # void
+    return images, target
+
+
+def total_loss(model: atrous.SegmentationModel, images: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    outputs = model(images, return_aux=True)
+    assert set(outputs) == {"out", *model.aux_weights}
+    loss = F.cross_entropy(outputs["out"], target, ignore_index=255)
+    for key, weight in model.aux_weights.items():
+        loss = loss + weight * F.cross_entropy(outputs[key], target, ignore_index=255)
+    return loss
+
+
+@pytest.mark.parametrize("name", PAPER_MODELS)
+def test_a_few_training_steps_lower_the_loss(name: str) -> None:
+    torch.manual_seed(0)
+    model = atrous.create_model(name, 3, **SMALL[name]).train()
+    images, target = synthetic_batch(32)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(3):
+        loss = total_loss(model, images, target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0], losses
+
+
+# ---- FCN -------------------------------------------------------------------------------
+
+
+def test_bilinear_deconv_matches_bilinear_interpolation_inside() -> None:
+    up = BilinearConvTranspose2d(2, 2)
+    x = torch.randn(1, 2, 6, 7)
+    expected = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
+    got = up(x)
+    assert got.shape == expected.shape
+    torch.testing.assert_close(got[..., 1:-1, 1:-1], expected[..., 1:-1, 1:-1])
+
+
+def test_fcn8s_upsamplers_start_bilinear_and_skips_at_zero() -> None:
+    model = meta_model("fcn8s", 4)
+    assert [type(u).__name__ for u in model.upsample_skips] == ["BilinearConvTranspose2d"] * 2
+    real = atrous.create_model("fcn8s", 4, backbone="resnet18", output_stride=32)
+    for up in real.upsample_skips:
+        torch.testing.assert_close(up.weight, bilinear_kernel(4, 4))
+        assert up.weight.requires_grad
+    for score in real.score_skips:
+        assert score.weight.abs().sum() == 0
+    final = model.upsample_final
+    assert final.stride == (8, 8) and final.kernel_size == (16, 16) and not final.weight.requires_grad
+
+
+def test_fcn_loads_torchvision_vgg16_with_fc6_fc7_as_convolutions(tmp_path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    vgg = torchvision.models.vgg16(weights=None).eval()
+    path = tmp_path / "vgg16_features.pth"  # the features only: 58 MB rather than 550
+    torch.save({k: v for k, v in vgg.state_dict().items() if k.startswith("features.")}, path)
+    model = atrous.create_model("fcn32s", 21, pretrained_backbone=str(path)).eval()
+    load_vgg16_classifier(model.head[0], vgg.state_dict())
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(model.backbone(x)[-1], vgg.features(x))
+        pool5 = torch.randn(1, 512, 7, 7)
+        fc7_conv = model.head[0](pool5)[:, :, 3, 3]  # the centre sees the whole 7x7 window
+        fc7_linear = vgg.classifier[:5](pool5.flatten(1))
+    torch.testing.assert_close(fc7_conv, fc7_linear, atol=1e-4, rtol=1e-4)
+
+
+# ---- SegNet ------------------------------------------------------------------------------
+
+
+def test_unpooling_puts_values_back_at_the_argmax() -> None:
+    x = torch.randn(2, 3, 8, 10)
+    pooled, memory = pool_with_indices(x)
+    restored = unpool(pooled, memory)
+    windows = x.unfold(2, 2, 2).unfold(3, 2, 2)  # (N, C, 4, 5, 2, 2)
+    is_max = windows == windows.amax(dim=(-1, -2), keepdim=True)
+    mask = is_max.permute(0, 1, 2, 4, 3, 5).reshape(x.shape)
+    torch.testing.assert_close(restored, x * mask)
+    assert (restored != 0).sum() == pooled.numel()
+
+
+def test_segnet_encoder_loads_torchvision_vgg16_bn(tmp_path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    vgg = torchvision.models.vgg16_bn(weights=None).eval()
+    for module in vgg.modules():  # non-trivial BN statistics
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    path = tmp_path / "vgg16_bn.pth"
+    torch.save(vgg.state_dict(), path)
+    model = atrous.create_model("segnet", 5, pretrained_backbone=str(path)).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        encoded, memories = model.encode(x)
+        torch.testing.assert_close(encoded, vgg.features(x))
+    assert len(memories) == 5
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in model.encoder.modules()) == 13
+
+
+def test_segnet_basic_decoder_has_no_relu_and_no_bias() -> None:
+    model = meta_model("segnet_basic", 4)
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.decoder.modules())
+    convs = [m for m in model.encoder.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 4 and all(c.kernel_size == (7, 7) and c.bias is None for c in convs)
+
+
+# ---- DeepLab v1 / v2 -------------------------------------------------------------------
+
+
+def test_deeplab_v1_is_largefov() -> None:
+    model = meta_model("deeplab_v1")
+    pools = [m for m in model.backbone.features if isinstance(m, torch.nn.MaxPool2d)]
+    assert [(p.kernel_size, p.stride) for p in pools] == [(3, 2)] * 3 + [(3, 1)] * 2
+    conv5 = [m for m in model.backbone.features if isinstance(m, torch.nn.Conv2d)][-3:]
+    assert all(c.dilation == (2, 2) for c in conv5)
+    assert model.fc.fc6.dilation == (12, 12) and model.fc.fc6.out_channels == 1024
+    assert model.fc.fc7.kernel_size == (1, 1) and model.fc.fc7.out_channels == 1024
+    out = model.segment(torch.empty(1, 3, 64, 96, device="meta"))["out"]
+    assert out.shape[-2:] == (8, 12)  # output stride 8
+
+
+def test_deeplab_v2_aspp_l_and_max_fusion_over_scales() -> None:
+    torch.manual_seed(0)
+    model = atrous.create_model("deeplab_v2", 3, backbone="resnet18", input_scales=(1, 0.75, 0.5)).train()
+    assert [b.dilation for b in model.aspp.branches] == [(r, r) for r in (6, 12, 18, 24)]
+    assert all(b.out_channels == 3 for b in model.aspp.branches)
+    with torch.no_grad():
+        outputs = model.segment(torch.randn(1, 3, 64, 64))
+    scales = torch.stack([outputs[k] for k in ("scale_1", "scale_0.75", "scale_0.5")])
+    torch.testing.assert_close(outputs["out"], scales.amax(dim=0))
+    assert outputs["out"].shape[-2:] == (8, 8)
+    assert model.aux_weights == {"scale_1": 1.0, "scale_0.75": 1.0, "scale_0.5": 1.0}
+
+
+# ---- PSPNet, RefineNet, Attention to scale --------------------------------------------
+
+
+def test_pspnet_pyramid_bins_and_aux_only_in_training() -> None:
+    model = atrous.create_model("pspnet", 3, backbone="resnet18")
+    assert [s[0].output_size for s in model.pyramid.stages] == [1, 2, 3, 6]
+    assert model.aux_weights == {"aux": 0.4}
+    x = torch.randn(2, 3, 32, 32)
+    assert set(model.train()(x, return_aux=True)) == {"out", "aux"}
+    with torch.no_grad():
+        assert set(model.eval()(x, return_aux=True)) == {"out"}
+
+
+def test_refinenet_is_four_cascaded_with_crp() -> None:
+    model = meta_model("refinenet")
+    assert len(model.refine) == 4
+    assert [len(b.adapt) for b in model.refine] == [1, 2, 2, 2]
+    assert all(len(b.pool.blocks) == 2 for b in model.refine)
+    out = model.segment(torch.empty(1, 3, 64, 64, device="meta"))["out"]
+    assert out.shape[-2:] == (16, 16)  # stride 4
+
+
+def test_attention_to_scale_fuses_per_scale_logits_convexly() -> None:
+    torch.manual_seed(0)
+    model = atrous.create_model("attention_to_scale", 3, base="deeplab_v2", backbone="resnet18").train()
+    assert model.aux_weights == {"scale_1": 1.0, "scale_0.5": 1.0}
+    assert model.attention[0].out_channels == 512 and model.attention[-1].out_channels == 2
+    with torch.no_grad():
+        outputs = model.segment(torch.randn(2, 3, 32, 32))
+    both = torch.stack([outputs["scale_1"], outputs["scale_0.5"]])
+    assert (outputs["out"] <= both.amax(0) + 1e-5).all() and (outputs["out"] >= both.amin(0) - 1e-5).all()
+    images, target = synthetic_batch(32)
+    loss = total_loss(model, images, target)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert model.attention[0].weight.grad.abs().sum() > 0
+
+
+def test_attention_to_scale_default_base_is_deeplab_largefov() -> None:
+    model = meta_model("attention_to_scale")
+    assert type(model.base).__name__ == "DeepLabV1" and model.scales == (1.0, 0.5)
+    assert model.attention[0].in_channels == 2 * 1024
