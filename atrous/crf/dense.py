@@ -151,16 +151,16 @@ class DenseCRF(nn.Module):
         ):
             gfilter = filter_cls(features.detach())
             norm = torch.rsqrt(gfilter.filter(logits.new_ones(n, h * w, 1)) + 1e-20)
-            kernels.append((gfilter, norm, weight * norm))  # symmetric normalisation
+            kernels.append(gfilter.prepare(pre=norm, post=weight * norm))  # symmetric norm.
 
         energy = log_unary  # -E, up to a per-pixel constant
         for _ in range(self.num_iterations):
-            q = softmax_rows(energy)
-            message = sum(f.filter(q, pre=norm, post=post) for f, norm, post in kernels)
+            q = softmax_rows(energy).contiguous()
+            message = sum(kernel(q) for kernel in kernels)
             if self.compatibility == "matrix":
                 message = -message @ self.compat.to(message.dtype).t()
             energy = log_unary + message
-        log_q = F.log_softmax(energy, dim=-1)
+        log_q = F.log_softmax(energy.transpose(-1, -2), dim=-2).transpose(-1, -2)
         return log_q.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
 
 

@@ -37,17 +37,19 @@ class ExactGaussianFilter:
         diff = features[:, :, None, :] - features[:, None, :, :]
         self.kernel = torch.exp(-0.5 * (diff * diff).sum(-1))
 
-    def filter(
-        self,
-        values: torch.Tensor,
-        pre: torch.Tensor | None = None,
-        post: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``post * K (pre * values)``; ``pre``, ``post`` are optional (B, N, 1) scales."""
-        if pre is not None:
-            values = values * pre
-        out = torch.bmm(self.kernel.to(values.dtype), values)
-        return out if post is None else out * post
+    def prepare(self, pre: torch.Tensor | None = None, post: torch.Tensor | None = None):
+        """The function ``values -> post * K (pre * values)``; pre, post: (B, N, 1) or None."""
+
+        def apply(values: torch.Tensor) -> torch.Tensor:
+            if pre is not None:
+                values = values * pre
+            out = torch.bmm(self.kernel.to(values.dtype), values)
+            return out if post is None else out * post
+
+        return apply
+
+    def filter(self, values, pre=None, post=None) -> torch.Tensor:
+        return self.prepare(pre, post)(values)
 
 
 class PermutohedralLattice:
@@ -67,40 +69,58 @@ class PermutohedralLattice:
         self._splat_points, self._splat_weights, self._splat_starts = _splat_plan(
             lattice, self.weights
         )
+        # blur bags (d+1, M+1, 3): each vertex with its two neighbours, weights 1, 1/2, 1/2
+        own = torch.arange(self.num_vertices + 1, device=features.device)
+        self._blur_bags = torch.stack(
+            [own.expand(d + 1, -1), self.neighbours[:, 0], self.neighbours[:, 1]], dim=-1
+        ).contiguous()
+        self._blur_weights = torch.tensor(
+            [1.0, 0.5, 0.5], device=features.device
+        ).expand(self.num_vertices + 1, 3).contiguous()
         # densecrf's "magic scaling constant" for the slice
         self.alpha = 1.0 / (1.0 + 2.0 ** (-d))
 
-    def filter(
-        self,
-        values: torch.Tensor,
-        pre: torch.Tensor | None = None,
-        post: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """``post * K (pre * values)``; ``pre``, ``post`` are optional (B, N, 1) scales,
-        folded into the splat and slice weights (no extra pass over the values)."""
-        batch, n, channels = values.shape
-        flat = values.reshape(batch * n, channels).contiguous()
-        dtype = values.dtype
-        splat_weights = self._splat_weights.to(dtype)
+    def prepare(self, pre: torch.Tensor | None = None, post: torch.Tensor | None = None):
+        """The function ``values -> post * K (pre * values)`` for (B, N, C) values.
+
+        ``pre``, ``post`` are optional (B, N, 1) scales (e.g. the symmetric normalisation),
+        folded once into the splat and slice weights, so that applying the function many
+        times (mean-field iterations) costs no extra pass over the values.
+        """
+        splat_weights = self._splat_weights
         if pre is not None:
-            splat_weights = splat_weights * pre.reshape(-1)[self._splat_points]
-        # splat: each vertex sums the weighted values of the points around it
-        lattice = F.embedding_bag(
-            self._splat_points, flat, self._splat_starts,
-            mode="sum", per_sample_weights=splat_weights,
-        )  # (M+1, C); the last row (no points) is zero
-        # blur along each lattice direction with the kernel [1/2, 1, 1/2]
-        for j in range(self.dim + 1):
-            n1, n2 = self.neighbours[j]
-            lattice = lattice + 0.5 * (lattice[n1] + lattice[n2])
-        # slice: read back with the same barycentric weights
-        slice_weights = self.weights.to(dtype) * self.alpha
+            splat_weights = splat_weights.to(pre.dtype) * pre.reshape(-1)[self._splat_points]
+        slice_weights = self.weights * self.alpha
         if post is not None:
-            slice_weights = slice_weights * post.reshape(-1, 1)
-        out = F.embedding_bag(
-            self.vertices, lattice, mode="sum", per_sample_weights=slice_weights
-        )
-        return out.reshape(batch, n, channels)
+            slice_weights = slice_weights.to(post.dtype) * post.reshape(-1, 1)
+
+        def apply(values: torch.Tensor) -> torch.Tensor:
+            batch, n, channels = values.shape
+            flat = values.reshape(batch * n, channels).contiguous()
+            # splat: each vertex sums the weighted values of the points around it
+            lattice = F.embedding_bag(
+                self._splat_points, flat, self._splat_starts,
+                mode="sum", per_sample_weights=splat_weights.to(values.dtype),
+            )  # (M+1, C); the last row (no points) is zero
+            # blur along each lattice direction with the kernel [1/2, 1, 1/2]
+            # (one embedding_bag per direction: the bag of vertex m is [m, n1(m), n2(m)])
+            blur_weights = self._blur_weights.to(values.dtype)
+            for j in range(self.dim + 1):
+                lattice = F.embedding_bag(
+                    self._blur_bags[j], lattice, mode="sum", per_sample_weights=blur_weights
+                )
+            # slice: read back with the same barycentric weights
+            out = F.embedding_bag(
+                self.vertices, lattice, mode="sum",
+                per_sample_weights=slice_weights.to(values.dtype),
+            )
+            return out.reshape(batch, n, channels)
+
+        return apply
+
+    def filter(self, values, pre=None, post=None) -> torch.Tensor:
+        """``post * K (pre * values)``: ``prepare(pre, post)(values)``."""
+        return self.prepare(pre, post)(values)
 
 
 def _elevate(features: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,164 @@
+"""DenseCRF / ConvCRF against pydensecrf on CamVid val images: speed and label agreement.
+
+    .venv/bin/python benchmarks/crf.py [--images 5] [--repeats 3] [--threads 1]
+                                       [--checkpoint FILE] [--data-root DIR]
+
+Unaries: a trained model's logits with --checkpoint; otherwise a deterministic stand-in made
+from the ground truth (noisy one-hot, smoothed). Each timing covers the whole refinement of
+one 480x360 image with 11 classes and 10 iterations (pydensecrf: building the CRF, its two
+lattices and inference; atrous: one forward under no_grad); the ratio is pydensecrf time /
+atrous time of the medians (> 1: atrous is faster). Prints a table, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from atrous.crf import ConvCRF, DenseCRF
+
+ROOT = Path(__file__).resolve().parents[1]
+NUM_CLASSES = 11
+PARAMS = dict(pos_xy_std=3.0, pos_w=3.0, bi_xy_std=80.0, bi_rgb_std=13.0, bi_w=10.0)
+
+
+def stand_in_logits(labels: np.ndarray, seed: int) -> torch.Tensor:
+    """(1, 11, H, W) logits: one-hot of the labels (void uniform), noise, 7x7 box smoothing."""
+    g = torch.Generator().manual_seed(seed)
+    target = torch.from_numpy(labels.astype(np.int64))
+    onehot = F.one_hot(target.clamp(max=NUM_CLASSES), NUM_CLASSES + 1)[..., :NUM_CLASSES]
+    onehot = onehot.permute(2, 0, 1).float()[None]
+    noisy = 3.0 * onehot + 2.0 * torch.randn(onehot.shape, generator=g)
+    return 2.0 * F.avg_pool2d(noisy, 7, stride=1, padding=3, count_include_pad=False)
+
+
+def model_logits(model, image: torch.Tensor) -> torch.Tensor:
+    meta = getattr(model, "meta", {}) or {}
+    mean = torch.tensor(meta.get("mean", [0.0, 0.0, 0.0])).view(1, 3, 1, 1)
+    std = torch.tensor(meta.get("std", [1.0, 1.0, 1.0])).view(1, 3, 1, 1)
+    with torch.no_grad():
+        return model((image / 255.0 - mean) / std).float()
+
+
+def run_pydensecrf(dcrf, logits: torch.Tensor, rgb: np.ndarray, iterations: int) -> np.ndarray:
+    _, c, h, w = logits.shape
+    unary = np.ascontiguousarray(-torch.log_softmax(logits[0], 0).reshape(c, -1).numpy())
+    d = dcrf.DenseCRF2D(w, h, c)
+    d.setUnaryEnergy(unary.astype(np.float32))
+    d.addPairwiseGaussian(sxy=PARAMS["pos_xy_std"], compat=PARAMS["pos_w"])
+    d.addPairwiseBilateral(
+        sxy=PARAMS["bi_xy_std"], srgb=PARAMS["bi_rgb_std"], rgbim=rgb, compat=PARAMS["bi_w"]
+    )
+    return np.array(d.inference(iterations)).reshape(c, h, w)
+
+
+def timed(fn, repeats: int):
+    times, result = [], None
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--iterations", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (pydensecrf: 1)")
+    parser.add_argument("--checkpoint", type=Path, default=None)
+    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared/data/camvid")
+    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/crf.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    try:
+        import pydensecrf.densecrf as dcrf
+    except ImportError:
+        dcrf = None
+        print("pydensecrf not installed (pip install pydensecrf2): atrous timings only")
+
+    model = None
+    if args.checkpoint is not None:
+        import atrous
+
+        model = atrous.load_checkpoint(args.checkpoint).eval()
+    dense = DenseCRF(num_iterations=args.iterations, **PARAMS)
+    conv = ConvCRF(num_iterations=args.iterations, **PARAMS)
+
+    paths = sorted((args.data_root / "val").glob("*.png"))[: args.images]
+    if not paths:
+        raise SystemExit(f"no images in {args.data_root / 'val'}")
+    rows = []
+    with torch.no_grad():
+        for i, path in enumerate(paths):
+            rgb = np.ascontiguousarray(np.array(Image.open(path).convert("RGB")))
+            image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+            if model is not None:
+                logits = model_logits(model, image)
+            else:
+                labels = np.array(Image.open(args.data_root / "valannot" / path.name))
+                logits = stand_in_logits(labels, seed=i)
+            dense(logits, image)  # warm-up (allocator, kernels)
+            t_dense, ours = timed(lambda logits=logits, image=image: dense(logits, image), args.repeats)
+            t_conv, conv_out = timed(lambda logits=logits, image=image: conv(logits, image), args.repeats)
+            labels_ours = ours[0].argmax(0).numpy()
+            row = dict(
+                image=path.name,
+                atrous_dense_s=t_dense,
+                atrous_conv_s=t_conv,
+                conv_vs_dense_agreement=float((conv_out[0].argmax(0).numpy() == labels_ours).mean()),
+                unary_vs_dense_agreement=float((logits[0].argmax(0).numpy() == labels_ours).mean()),
+            )
+            if dcrf is not None:
+                t_ref, q = timed(
+                    lambda logits=logits, rgb=rgb: run_pydensecrf(dcrf, logits, rgb, args.iterations),
+                    args.repeats,
+                )
+                row.update(
+                    pydensecrf_s=t_ref,
+                    speedup_vs_pydensecrf=t_ref / t_dense,
+                    agreement=float((q.argmax(0) == labels_ours).mean()),
+                    max_abs_q_difference=float(np.abs(q - ours[0].exp().numpy()).max()),
+                )
+            rows.append(row)
+
+    def med(key):
+        values = [r[key] for r in rows if key in r]
+        return statistics.median(values) if values else None
+
+    summary = dict(
+        size="480x360", classes=NUM_CLASSES, iterations=args.iterations, images=len(rows),
+        threads=args.threads, unaries="checkpoint" if model is not None else "stand-in",
+        parameters=PARAMS, conv_filter_size=conv.filter_size, conv_blur=conv.blur,
+        median_atrous_dense_s=med("atrous_dense_s"), median_atrous_conv_s=med("atrous_conv_s"),
+        median_pydensecrf_s=med("pydensecrf_s"),
+        median_speedup_vs_pydensecrf=med("speedup_vs_pydensecrf"),
+        min_agreement=min((r["agreement"] for r in rows if "agreement" in r), default=None),
+        mean_agreement=(statistics.mean(r["agreement"] for r in rows) if dcrf else None),
+        torch=torch.__version__,
+    )
+    header = f"{'image':<18}{'pydensecrf s':>14}{'atrous s':>10}{'ratio':>8}{'agree':>9}{'conv s':>9}"
+    print(header)
+    for r in rows:
+        ref = r.get("pydensecrf_s", float("nan"))
+        print(
+            f"{r['image']:<18}{ref:>14.3f}{r['atrous_dense_s']:>10.3f}"
+            f"{r.get('speedup_vs_pydensecrf', float('nan')):>8.2f}"
+            f"{r.get('agreement', float('nan')):>9.4f}{r['atrous_conv_s']:>9.3f}"
+        )
+    print(json.dumps(summary, indent=2))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(dict(summary=summary, images=rows), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
