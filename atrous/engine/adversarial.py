@@ -1,0 +1,106 @@
+"""Adversarial training of a segmenter (Luc et al., "Semantic Segmentation using
+Adversarial Networks", NIPS Workshop 2016, Sec. 3, Eq. 1-3), independent of any training
+loop.
+
+API:
+
+    trainer = AdversarialTrainer(discriminator, weight=0.1, lr=1e-4)
+    # or AdversarialTrainer.for_model(num_classes, weight=..., in_channels=3)
+
+    trainer.discriminator_step(images, seg_logits, targets, ignore_index=255) -> float
+        One optimiser step of the discriminator on (images, one-hot targets) as "real" and
+        (images, softmax(seg_logits)) as "fake"; seg_logits are detached. Returns its loss.
+    trainer.segmenter_loss(images, seg_logits) -> Tensor
+        weight * BCE(D(images, softmax(seg_logits)), "real") (the paper's non-saturating
+        form, Eq. 3). Differentiable w.r.t. seg_logits only: no gradient reaches the
+        discriminator's parameters. Add it to the segmentation loss.
+    trainer.state_dict() / trainer.load_state_dict(state): discriminator + its optimiser.
+
+In a training loop (images normalised as the segmenter sees them, logits (N, C, H, W) at
+the input size, e.g. `model(images, return_aux=True)["out"]`):
+
+    outputs = model(images, return_aux=True)
+    loss = segmentation_loss(outputs, targets) + trainer.segmenter_loss(images, outputs["out"])
+    optimizer.zero_grad(); loss.backward(); optimizer.step()
+    d_loss = trainer.discriminator_step(images, outputs["out"], targets)
+
+That alternates one segmenter and one discriminator step per batch, as the paper does
+(it alternates the two objectives, Sec. 3.1); the discriminator sees the logits computed
+before the segmenter's update. Void pixels of the ground truth take the segmenter's
+probabilities, so they carry no real/fake signal. `weight` is the paper's lambda.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from atrous.models.adversarial import SegmentationDiscriminator, label_maps_from_targets
+
+
+class AdversarialTrainer:
+    def __init__(
+        self,
+        discriminator: SegmentationDiscriminator,
+        *,
+        weight: float = 0.1,
+        lr: float = 1e-4,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        self.discriminator = discriminator
+        self.weight = weight
+        self.optimizer = optimizer or torch.optim.Adam(discriminator.parameters(), lr=lr)
+
+    @classmethod
+    def for_model(
+        cls, num_classes: int, *, in_channels: int = 3, weight: float = 0.1, lr: float = 1e-4
+    ) -> AdversarialTrainer:
+        return cls(SegmentationDiscriminator(num_classes, in_channels=in_channels), weight=weight, lr=lr)
+
+    def to(self, device: torch.device | str) -> AdversarialTrainer:
+        self.discriminator.to(device)
+        return self
+
+    def discriminator_step(
+        self,
+        images: torch.Tensor,
+        seg_logits: torch.Tensor,
+        targets: torch.Tensor,
+        ignore_index: int = 255,
+    ) -> float:
+        """Eq. 2: BCE(D(x, y), 1) + BCE(D(x, s(x)), 0), one optimiser step; returns the loss."""
+        self.discriminator.train()
+        fake = seg_logits.detach().softmax(dim=1)  # (N, C, H, W)
+        real = label_maps_from_targets(targets, fake, ignore_index)
+        real_logits = self.discriminator(images, real)
+        fake_logits = self.discriminator(images, fake)
+        loss = F.binary_cross_entropy_with_logits(
+            real_logits, torch.ones_like(real_logits)
+        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)  # no gradient lingers between steps
+        return loss.item()
+
+    def segmenter_loss(self, images: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
+        """Eq. 3 (non-saturating): weight * BCE(D(x, s(x)), 1), gradient to the segmenter only."""
+        parameters = list(self.discriminator.parameters())
+        flags = [p.requires_grad for p in parameters]
+        for p in parameters:
+            p.requires_grad_(False)
+        try:
+            logits = self.discriminator(images, seg_logits.softmax(dim=1))
+        finally:
+            for p, flag in zip(parameters, flags, strict=True):
+                p.requires_grad_(flag)
+        return self.weight * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,68 @@
+"""Adversarial training (Luc et al. 2016): product encoding, discriminator, alternating steps."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+import atrous
+from atrous.engine.adversarial import AdversarialTrainer
+from atrous.models.adversarial import (
+    SegmentationDiscriminator,
+    label_maps_from_targets,
+    product_encoding,
+)
+
+
+def test_product_encoding_masks_the_image_by_each_class() -> None:
+    images = torch.randn(2, 3, 5, 6)
+    labels = torch.rand(2, 4, 5, 6)
+    encoded = product_encoding(images, labels)
+    assert encoded.shape == (2, 12, 5, 6)
+    torch.testing.assert_close(encoded[:, 3 * 2 + 1], images[:, 1] * labels[:, 2])
+
+
+def test_void_pixels_take_the_segmenter_probabilities() -> None:
+    targets = torch.tensor([[[0, 2], [255, 1]]])
+    fill = torch.full((1, 3, 2, 2), 0.25)
+    maps = label_maps_from_targets(targets, fill)
+    assert maps[0, :, 0, 1].tolist() == [0, 0, 1]
+    assert maps[0, :, 1, 0].tolist() == [0.25] * 3
+
+
+def test_alternating_adversarial_training_steps() -> None:
+    torch.manual_seed(0)
+    model = atrous.create_model("segnet_basic", 3, channels=16).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    trainer = AdversarialTrainer.for_model(3, weight=0.5, lr=1e-3)
+    images = torch.randn(2, 3, 32, 32)
+    targets = (images[:, 0] > 0).long()
+    targets[:, :2] = 255
+    d_losses, adv_losses = [], []
+    for _ in range(3):
+        logits = model(images)
+        adv = trainer.segmenter_loss(images, logits)
+        loss = F.cross_entropy(logits, targets, ignore_index=255) + adv
+        optimizer.zero_grad()
+        loss.backward()
+        # the segmenter's adversarial loss leaves no gradient on the discriminator
+        assert all(p.grad is None for p in trainer.discriminator.parameters())
+        optimizer.step()
+        before = [p.detach().clone() for p in model.parameters()]
+        d_losses.append(trainer.discriminator_step(images, logits, targets))
+        assert all(torch.equal(b, p) for b, p in zip(before, model.parameters(), strict=True))
+        adv_losses.append(adv.item())
+    assert all(torch.isfinite(torch.tensor(d_losses + adv_losses)))
+    assert all(v > 0 for v in adv_losses + d_losses)
+    state = trainer.state_dict()
+    trainer.load_state_dict(state)
+
+
+def test_discriminator_learns_to_tell_one_hot_from_soft_maps() -> None:
+    torch.manual_seed(0)
+    trainer = AdversarialTrainer(SegmentationDiscriminator(3, widths=(32, "M", 64)), lr=1e-3)
+    images = torch.randn(4, 3, 16, 16)
+    targets = torch.randint(0, 3, (4, 16, 16))
+    soft_logits = torch.randn(4, 3, 16, 16) * 0.1
+    losses = [trainer.discriminator_step(images, soft_logits, targets) for _ in range(10)]
+    assert losses[-1] < losses[0]
