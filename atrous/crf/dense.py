@@ -136,6 +136,31 @@ class DenseCRF(nn.Module):
         c = self.config()
         return ", ".join(f"{k}={v}" for k, v in c.items() if k != "kind")
 
+    def _normalised_filter(self, features: torch.Tensor):
+        """The Gaussian filter K of the features and n = 1/sqrt(K 1) (symmetric normalisation)."""
+        filter_cls = PermutohedralLattice if self.method == "permutohedral" else ExactGaussianFilter
+        gfilter = filter_cls(features.detach())
+        ones = features.new_ones(features.shape[0], features.shape[1], 1)
+        return gfilter, torch.rsqrt(gfilter.filter(ones) + 1e-20)
+
+    def _smoothness_kernel(self, n: int, h: int, w: int, like: torch.Tensor):
+        # Positions do not depend on the image: one lattice serves every image of a batch,
+        # and is kept for the next call of the same size (the lattice and its normalisation,
+        # not the weight, which may be training).
+        key = (h, w, float(self.pos_xy_std), self.method, like.device, like.dtype)
+        cache = self.__dict__.setdefault("_smoothness_cache", {})
+        if key not in cache:
+            cache.clear()
+            position = pixel_features(like.new_ones(1, 3, h, w), self.pos_xy_std, None)
+            cache[key] = self._normalised_filter(position)
+        gfilter, norm = cache[key]
+        return _batch_shared(gfilter.prepare(pre=norm, post=self.pos_w * norm))
+
+    def _appearance_kernel(self, image: torch.Tensor):
+        features = pixel_features(image, self.bi_xy_std, self.bi_rgb_std)
+        gfilter, norm = self._normalised_filter(features)
+        return gfilter.prepare(pre=norm, post=self.bi_w * norm)
+
     def forward(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         _check_inputs(logits, image)
         n, c, h, w = logits.shape
@@ -143,15 +168,7 @@ class DenseCRF(nn.Module):
         if self.num_iterations <= 0:
             return log_unary.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
         image = image.to(logits.dtype)
-        filter_cls = PermutohedralLattice if self.method == "permutohedral" else ExactGaussianFilter
-        kernels = []
-        for features, weight in (
-            (pixel_features(image, self.pos_xy_std, None), self.pos_w),
-            (pixel_features(image, self.bi_xy_std, self.bi_rgb_std), self.bi_w),
-        ):
-            gfilter = filter_cls(features.detach())
-            norm = torch.rsqrt(gfilter.filter(logits.new_ones(n, h * w, 1)) + 1e-20)
-            kernels.append(gfilter.prepare(pre=norm, post=weight * norm))  # symmetric norm.
+        kernels = [self._smoothness_kernel(n, h, w, logits), self._appearance_kernel(image)]
 
         energy = log_unary  # -E, up to a per-pixel constant
         for _ in range(self.num_iterations):
@@ -162,6 +179,19 @@ class DenseCRF(nn.Module):
             energy = log_unary + message
         log_q = F.log_softmax(energy.transpose(-1, -2), dim=-2).transpose(-1, -2)
         return log_q.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
+
+
+def _batch_shared(kernel):
+    """Apply a kernel built for one image to a batch: the batch goes into the channels."""
+
+    def apply(q: torch.Tensor) -> torch.Tensor:
+        n, p, c = q.shape
+        if n == 1:
+            return kernel(q)
+        stacked = q.permute(1, 0, 2).reshape(1, p, n * c)
+        return kernel(stacked).reshape(p, n, c).permute(1, 0, 2)
+
+    return apply
 
 
 def softmax_rows(x: torch.Tensor) -> torch.Tensor:
