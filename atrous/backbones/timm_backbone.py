@@ -87,7 +87,7 @@ class TimmBackbone(Backbone):
                 f"backbone '{self.name}' has {len(blocks) or 'no'} blocks there"
             )
         # a shorter stage (ResNet-18's two blocks) takes the first unit rates of the grid
-        for block, unit_rate in zip(blocks, grid):
+        for block, unit_rate in zip(blocks, grid[: len(blocks)], strict=True):
             convs = [m for m in block.modules() if isinstance(m, nn.Conv2d) and m.kernel_size[0] > 1]
             rate = stage_dilation * unit_rate
             for conv in convs:

@@ -118,7 +118,7 @@ class UNet(SegmentationModel):
         skips = self.encoder.channels[-2::-1] + [0]  # strides 16, 8, 4, 2, then none
         ins = [self.encoder.channels[-1], *decoder_channels[:-1]]
         self.blocks = nn.ModuleList(
-            EncoderDecoderBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_channels)
+            EncoderDecoderBlock(i, s, o) for i, s, o in zip(ins, skips, decoder_channels, strict=True)
         )
         self.classifier = nn.Conv2d(decoder_channels[-1], self.num_classes, 3, padding=1)
 
@@ -138,6 +138,6 @@ class UNet(SegmentationModel):
         features = self.encoder(x)  # strides 2, 4, 8, 16, 32
         y = features[-1]
         skips: list[torch.Tensor | None] = [*features[-2::-1], None]
-        for block, skip in zip(self.blocks, skips):
+        for block, skip in zip(self.blocks, skips, strict=True):
             y = block(y, skip)
         return self.classifier(y)  # (N, K, H, W)

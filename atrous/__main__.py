@@ -1,0 +1,5 @@
+import sys
+
+from atrous.cli import main
+
+sys.exit(main())

@@ -1,0 +1,258 @@
+"""Command line: argument parsing only; the work is done in atrous.engine.
+
+    atrous models
+    atrous train --model NAME --dataset NAME --out DIR [options]
+    atrous eval --checkpoint FILE --dataset NAME [--crf none|dense|conv] [--json FILE]
+    atrous predict --checkpoint FILE INPUT... --out DIR [--crf ...]
+    atrous demo [--out runs/demo]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from atrous.data import DATASETS, DataError
+from atrous.engine.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports a usage error in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _yaml_value(text: str) -> Any:
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    key, value = text.split("=", 1)
+    return key.strip().replace("-", "_"), _yaml_value(value)
+
+
+def _add_train_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser("train", help="train a model; writes DIR/model.safetensors and DIR/metrics.json",
+                            argument_default=argparse.SUPPRESS)
+    p.add_argument("--config", help="YAML file with the same options as the flags (flags win)")
+    p.add_argument("--model", help="model name (see `atrous models`)")
+    p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--data-root", help="dataset folder (CamVid: default ../shared/data/camvid)")
+    p.add_argument("--out", help="output folder")
+    p.add_argument("--backbone", help="timm model name, or vgg16 / vgg16_bn")
+    p.add_argument("--output-stride", type=int, choices=(8, 16, 32))
+    p.add_argument("--pretrained-backbone", help="local weights file, or 'imagenet' (downloads)")
+    p.add_argument("--model-opt", action="append", type=_key_value, metavar="KEY=VALUE",
+                   help="a model option, e.g. --model-opt separable=true (repeatable)")
+    p.add_argument("--num-classes", type=int, help="folder datasets without classes.json")
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--iters", type=int, help=f"training iterations (default {1000})")
+    budget.add_argument("--epochs", type=float, help="passes over the training set")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--crop-size", type=int, help="random crop side (padded with void where smaller)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw"))
+    p.add_argument("--lr", type=float, help="base learning rate (sgd 0.01, adamw 0.001)")
+    p.add_argument("--momentum", type=float)
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--poly-power", type=float)
+    p.add_argument("--warmup-iters", type=int)
+    p.add_argument("--class-weights", choices=("none", "median_frequency"))
+    p.add_argument("--scale-min", type=float)
+    p.add_argument("--scale-max", type=float)
+    p.add_argument("--no-flip", dest="flip", action="store_false")
+    p.add_argument("--jitter", type=float, help="colour jitter strength (0 = off)")
+    p.add_argument("--precision", choices=("fp32", "bf16"))
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
+    p.add_argument("--workers", type=int, help="data-loading processes")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
+    p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
+    p.add_argument("--stop-after", type=int, help="end this run after N iterations; continue with --resume")
+    p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--eval-split", help="split evaluated at the end (default val)")
+    p.add_argument("--synthetic-size", type=int)
+    p.add_argument("--synthetic-length", type=int)
+    p.add_argument("--adversarial", action="store_true", help="add Luc et al.'s adversarial loss")
+    p.add_argument("--adversarial-weight", type=float, help="lambda of the adversarial loss")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+
+
+def _add_crf_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--crf", choices=("none", "dense", "conv"), default="none", help="CRF refinement")
+    p.add_argument("--crf-params", help="YAML/JSON file of CRF parameters (overrides the checkpoint's)")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="atrous", description="Semantic segmentation from FCN to DeepLab v3+.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_parser = commands.add_parser
+
+    def add_parser(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return _add_parser(name, parents=[common], **kwargs)
+
+    commands.add_parser = add_parser  # every command takes --debug too
+    commands.add_parser("models", help="list the registered models")
+    _add_train_parser(commands)
+
+    ev = commands.add_parser("eval", help="evaluate a checkpoint: per-class table and summary metrics")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    ev.add_argument("--data-root")
+    ev.add_argument("--split", default="val")
+    ev.add_argument("--num-classes", type=int)
+    ev.add_argument("--batch-size", type=int, default=4)
+    ev.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    ev.add_argument("--device")
+    ev.add_argument("--trimap", type=int, action="append", default=[], metavar="W",
+                    help="also report mIoU within W pixels of label boundaries (repeatable)")
+    ev.add_argument("--json", help="write the metrics to this file")
+    ev.add_argument("--synthetic-size", type=int, default=128)
+    ev.add_argument("--no-progress", dest="progress", action="store_false")
+    _add_crf_arguments(ev)
+
+    pr = commands.add_parser("predict", help="segment images: DIR/<stem>.png and DIR/<stem>_overlay.png")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("inputs", nargs="+", metavar="INPUT")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    pr.add_argument("--device")
+    pr.add_argument("--no-progress", dest="progress", action="store_false")
+    _add_crf_arguments(pr)
+
+    demo = commands.add_parser("demo", help="train DeepLab v3+ on synthetic scenes, evaluate, write overlays")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--iters", type=int, help="override the demo's iteration count")
+    demo.add_argument("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def _train_config(args: argparse.Namespace):
+    from atrous.engine.train import TrainConfig
+
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    values: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        values.update(_read_config(args.config, fields))
+    flags = vars(args)
+    model_options = dict(values.get("model_options") or {})
+    model_options.update(dict(flags.pop("model_opt", None) or []))
+    values.update({k: v for k, v in flags.items() if k in fields})
+    values["model_options"] = model_options
+    for required in ("model", "dataset", "out"):
+        if not values.get(required):
+            raise UserError(f"--{required} is required (or set '{required}' in --config)")
+    return TrainConfig(**values)
+
+
+def _read_config(path: str, fields: set[str]) -> dict[str, Any]:
+    import os
+
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UserError(f"--config file not found: {path}")
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"--config {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path} must hold a mapping of option: value")
+    data = {str(k).replace("-", "_"): v for k, v in data.items()}
+    unknown = sorted(set(data) - fields)
+    if unknown:
+        raise UserError(f"--config {path}: unknown option '{unknown[0]}'")
+    return data
+
+
+def _command_models(args: argparse.Namespace) -> int:
+    from atrous.models import model_summaries
+
+    summaries = model_summaries()
+    width = max(len(n) for n in summaries)
+    for name, summary in summaries.items():
+        print(f"{name:<{width}}  {summary}")
+    return 0
+
+
+def _command_train(args: argparse.Namespace) -> int:
+    from atrous.engine.evaluate import format_table
+    from atrous.engine.train import train
+
+    cfg = _train_config(args)
+    result = train(cfg)
+    summary = result["train"]
+    print(f"trained {summary['iters']}/{summary['total_iters']} iterations in {summary['seconds']:.1f} s "
+          f"-> {cfg.out}/model.safetensors")
+    metrics = result.get(cfg.eval_split or "val")
+    if metrics:
+        print(format_table(metrics))
+    return 0
+
+
+def _command_eval(args: argparse.Namespace) -> int:
+    from atrous.engine.runs import run_eval
+
+    run_eval(args)
+    return 0
+
+
+def _command_predict(args: argparse.Namespace) -> int:
+    from atrous.engine.runs import run_predict
+
+    written = run_predict(args)
+    print(f"wrote {len(written)} files to {args.out}")
+    return 0
+
+
+def _command_demo(args: argparse.Namespace) -> int:
+    from atrous.engine.demo import run_demo
+
+    run_demo(args.out, iters=args.iters, progress=args.progress)
+    return 0
+
+
+COMMANDS = {
+    "models": _command_models,
+    "train": _command_train,
+    "eval": _command_eval,
+    "predict": _command_predict,
+    "demo": _command_demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (UserError, DataError) as err:
+        if args.debug:
+            raise
+        print(f"atrous {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"atrous {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # anything unexpected still ends in one line without --debug
+        if args.debug:
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        print(f"atrous {args.command}: error: {type(err).__name__}: {first} (rerun with --debug for details)",
+              file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""CamVid in the SegNet layout (Brostow et al. 2008; Badrinarayanan et al., TPAMI 2017).
+
+`<root>/{train,val,test}.txt` list `image label` relative paths; labels are 8-bit class
+indices 0..10 with 11 = Unlabelled, which becomes the void label 255.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from atrous.data.io import DataError, check_pair, read_image, read_mask
+from atrous.data.meta import IGNORE_INDEX, DatasetInfo
+
+CAMVID_INFO = DatasetInfo(
+    name="camvid",
+    class_names=(
+        "Sky", "Building", "Pole", "Road", "Pavement", "Tree",
+        "SignSymbol", "Fence", "Car", "Pedestrian", "Bicyclist",
+    ),
+    palette=(
+        (128, 128, 128), (128, 0, 0), (192, 192, 128), (128, 64, 128), (60, 40, 222),
+        (128, 128, 0), (192, 128, 128), (64, 64, 128), (64, 0, 128), (64, 64, 0), (0, 128, 192),
+    ),
+)
+CAMVID_VOID = 11
+
+
+class CamVid(torch.utils.data.Dataset):
+    info = CAMVID_INFO
+
+    def __init__(self, root: str, split: str = "train") -> None:
+        listing = os.path.join(root, f"{split}.txt")
+        if not os.path.isdir(root):
+            raise DataError(f"CamVid folder not found: {root} (pass --data-root)")
+        if not os.path.isfile(listing):
+            raise DataError(f"CamVid split file not found: {listing}")
+        self.root = root
+        self.split = split
+        self.items = _read_listing(listing, root)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_path, mask_path = self.items[index]
+        image = read_image(image_path)
+        mask = read_mask(mask_path).copy()
+        mask[mask == CAMVID_VOID] = IGNORE_INDEX
+        return image, check_pair(image, mask, num_classes=11, ignore_index=IGNORE_INDEX, mask_path=mask_path)
+
+    def mask_paths(self) -> list[str]:
+        return [mask for _, mask in self.items]
+
+
+def _read_listing(listing: str, root: str) -> list[tuple[str, str]]:
+    items = []
+    with open(listing) as handle:
+        for number, line in enumerate(handle, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 2:
+                raise DataError(f"{listing}:{number}: expected 'image label', got '{line.strip()}'")
+            # the original SegNet listings hold absolute '/SegNet/CamVid/...' paths
+            image, label = (os.path.join(root, *p.split("/")[-2:]) for p in parts)
+            items.append((image, label))
+    if not items:
+        raise DataError(f"CamVid split file is empty: {listing}")
+    return items
+
+
+def median_frequency_weights(mask_paths: list[str], num_classes: int, void: int = CAMVID_VOID) -> torch.Tensor:
+    """SegNet's class balancing (Eigen & Fergus 2015): weight_c = median(freq) / freq_c, where
+    freq_c = pixels of class c / pixels of the images in which c appears."""
+    counts = np.zeros(num_classes, np.float64)
+    present_pixels = np.zeros(num_classes, np.float64)
+    for path in mask_paths:
+        mask = read_mask(path)
+        hist = np.bincount(mask[mask != void].ravel(), minlength=256)[:num_classes]
+        counts += hist
+        present_pixels[hist > 0] += mask.size
+    freq = np.divide(counts, present_pixels, out=np.zeros_like(counts), where=present_pixels > 0)
+    weights = np.divide(np.median(freq[freq > 0]), freq, out=np.zeros_like(freq), where=freq > 0)
+    return torch.tensor(weights, dtype=torch.float32)

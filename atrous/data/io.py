@@ -1,0 +1,59 @@
+"""Reading images and masks, with errors that name the file and what is wrong."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+
+class DataError(ValueError):
+    """A dataset file is missing, unreadable or does not fit (one-line message)."""
+
+
+def _open(path: str, what: str) -> Image.Image:
+    if not os.path.isfile(path):
+        raise DataError(f"{what} not found: {path}")
+    try:
+        image = Image.open(path)
+        image.load()
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise DataError(f"cannot read {what} {path}: {err}") from err
+    return image
+
+
+def read_image(path: str) -> torch.Tensor:
+    """An RGB image as uint8 (3, H, W); greyscale and palette images are converted."""
+    image = _open(path, "image").convert("RGB")
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
+
+
+def read_mask(path: str) -> np.ndarray:
+    """A label image as uint8 (H, W) class indices: 'L' or 'P' (palette indices) PNGs."""
+    mask = _open(path, "mask")
+    if mask.mode not in ("L", "P", "I", "I;16"):
+        raise DataError(
+            f"mask {path} is a {mask.mode} image; masks must hold class indices "
+            "(8-bit greyscale or palette PNG)"
+        )
+    return np.array(mask)
+
+
+def check_pair(image: torch.Tensor, mask: np.ndarray, *, num_classes: int, ignore_index: int,
+               mask_path: str) -> torch.Tensor:
+    """Checks that the mask fits the image and the classes; returns it as int64 (H, W)."""
+    if tuple(mask.shape) != tuple(image.shape[-2:]):
+        raise DataError(
+            f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image is "
+            f"{image.shape[-1]}x{image.shape[-2]}"
+        )
+    values = np.unique(mask)
+    bad = values[(values >= num_classes) & (values != ignore_index)]
+    if bad.size:
+        raise DataError(
+            f"mask {mask_path} has label values {bad.tolist()[:5]} outside 0..{num_classes - 1} "
+            f"and the void label {ignore_index}"
+        )
+    return torch.from_numpy(mask.astype(np.int64))

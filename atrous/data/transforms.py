@@ -1,0 +1,140 @@
+"""Joint transforms: each takes and returns the (image, mask) pair, with an explicit
+`numpy.random.Generator` so that every sample is reproducible (and resumable) by seed.
+
+image: uint8 (3, H, W) until `Normalize`, then float (3, H, W); mask: int64 (H, W).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from atrous.data.meta import IGNORE_INDEX
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Compose:
+    def __init__(self, transforms: Sequence) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> Pair:
+        for transform in self.transforms:
+            image, mask = transform(image, mask, rng)
+        return image, mask
+
+
+def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> Pair:
+    """Bilinear for the image, nearest for the mask."""
+    img = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
+    img = img.round_().clamp_(0, 255).to(image.dtype) if image.dtype == torch.uint8 else img
+    msk = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    return img, msk
+
+
+class RandomScale:
+    """Rescale both by a factor drawn uniformly from [low, high] (DeepLab: 0.5..2.0)."""
+
+    def __init__(self, low: float = 0.5, high: float = 2.0) -> None:
+        if not 0 < low <= high:
+            raise ValueError(f"scale range must satisfy 0 < low <= high, got ({low}, {high})")
+        self.low, self.high = low, high
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> Pair:
+        factor = rng.uniform(self.low, self.high)
+        height, width = mask.shape
+        size = (max(1, round(height * factor)), max(1, round(width * factor)))
+        return resize_pair(image, mask, size) if size != (height, width) else (image, mask)
+
+
+class RandomCrop:
+    """Crop `size` at a random place; pad first where smaller (image 0, mask ignore)."""
+
+    def __init__(self, size: int | tuple[int, int], ignore_index: int = IGNORE_INDEX) -> None:
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
+        self.ignore_index = ignore_index
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> Pair:
+        crop_h, crop_w = self.size
+        height, width = mask.shape
+        pad_h, pad_w = max(0, crop_h - height), max(0, crop_w - width)
+        if pad_h or pad_w:
+            image = F.pad(image, (0, pad_w, 0, pad_h), value=0)
+            mask = F.pad(mask, (0, pad_w, 0, pad_h), value=self.ignore_index)
+            height, width = mask.shape
+        top = int(rng.integers(0, height - crop_h + 1))
+        left = int(rng.integers(0, width - crop_w + 1))
+        return (
+            image[:, top : top + crop_h, left : left + crop_w],
+            mask[top : top + crop_h, left : left + crop_w],
+        )
+
+
+class RandomHorizontalFlip:
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> Pair:
+        if rng.random() < self.p:
+            return image.flip(-1), mask.flip(-1)
+        return image, mask
+
+
+class ColorJitter:
+    """Brightness, contrast and saturation factors drawn from [1 - x, 1 + x]; image only."""
+
+    def __init__(self, brightness: float = 0.3, contrast: float = 0.3, saturation: float = 0.3) -> None:
+        self.brightness, self.contrast, self.saturation = brightness, contrast, saturation
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> Pair:
+        img = image.float()
+        b, c, s = (rng.uniform(1 - x, 1 + x) for x in (self.brightness, self.contrast, self.saturation))
+        img = img * b
+        img = (img - img.mean()) * c + img.mean()
+        grey = img.mean(dim=0, keepdim=True)
+        img = (img - grey) * s + grey
+        return img.clamp_(0, 255).round_().to(torch.uint8), mask
+
+
+class Normalize:
+    """uint8 [0, 255] -> float, then (x / 255 - mean) / std per channel."""
+
+    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator | None = None) -> Pair:
+        return (image.float() / 255.0 - self.mean) / self.std, mask
+
+
+def train_transform(
+    crop_size: int | None,
+    *,
+    scale: tuple[float, float] | None = (0.5, 2.0),
+    flip: bool = True,
+    jitter: float = 0.0,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Compose:
+    """DeepLab's training augmentation: random scale, random crop padded with ignore,
+    horizontal flip; optional colour jitter; normalisation."""
+    steps: list = []
+    if scale is not None and scale != (1.0, 1.0):
+        steps.append(RandomScale(*scale))
+    if crop_size:
+        steps.append(RandomCrop(crop_size))
+    if flip:
+        steps.append(RandomHorizontalFlip())
+    if jitter > 0:
+        steps.append(ColorJitter(jitter, jitter, jitter))
+    steps.append(Normalize(mean, std))
+    return Compose(steps)
+
+
+def eval_transform(mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> Compose:
+    return Compose([Normalize(mean, std)])

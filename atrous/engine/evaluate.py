@@ -1,0 +1,86 @@
+"""Evaluation: confusion-matrix metrics over a dataset, optionally after CRF refinement,
+optionally inside DeepLab's trimap band; and the per-class table."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from atrous.data import eval_transform
+from atrous.engine.common import autocast, batches_of_equal_size, normalisation
+from atrous.metrics import ConfusionMatrix, trimap_mask
+from atrous.models import SegmentationModel
+
+
+@torch.no_grad()
+def predict_logits(model: SegmentationModel, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """(N, 3, H, W) normalised images -> (N, K, H, W) float32 logits on the model's device."""
+    device = next(model.parameters()).device
+    model.eval()
+    with autocast(device, precision):
+        return model(images.to(device)).float()
+
+
+def evaluate(
+    model: SegmentationModel,
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_size: int = 4,
+    precision: str = "fp32",
+    crf: torch.nn.Module | None = None,
+    trimap_widths: Sequence[int] = (),
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Metrics of `model` on `dataset` (full images, no crop). With `crf`, logits are refined
+    first (it receives the raw 0..255 images). `trimap_widths` adds mIoU within w pixels of
+    label boundaries under "trimap"."""
+    mean, std = normalisation(model.meta)
+    info = getattr(dataset, "info", None)
+    num_classes = model.num_classes
+    ignore = info.ignore_index if info else 255
+    matrix = ConfusionMatrix(num_classes, ignore)
+    bands = {w: ConfusionMatrix(num_classes, ignore) for w in trimap_widths}
+    bar = tqdm(total=len(dataset), desc="eval", disable=not progress, dynamic_ncols=True, unit="img")
+    for images, masks, raws in batches_of_equal_size(dataset, batch_size, eval_transform(mean, std)):
+        logits = predict_logits(model, images, precision)
+        if crf is not None:
+            logits = crf(logits, raws.to(logits.device).float())
+        pred = logits.argmax(dim=1).cpu()
+        matrix.update(pred, masks)
+        for width, band_matrix in bands.items():
+            band = trimap_mask(masks, width, ignore)
+            band_matrix.update(pred[band], masks[band])
+        bar.update(len(images))
+    bar.close()
+    result = matrix.compute()
+    result["class_names"] = list(model.meta.get("class_names") or (info.class_names if info else []))
+    result["images"] = len(dataset)
+    if bands:
+        result["trimap"] = {str(w): m.compute()["mIoU"] for w, m in bands.items()}
+    return result
+
+
+def format_table(metrics: dict[str, Any]) -> str:
+    """Per-class IoU and accuracy, then the summary metrics, as percentages."""
+    names = metrics.get("class_names") or [f"class_{i}" for i in range(len(metrics["per_class_iou"]))]
+    width = max(12, *(len(n) for n in names))
+    lines = [f"{'class':<{width}}  {'IoU':>6}  {'acc':>6}", "-" * (width + 16)]
+    for name, iou, acc in zip(names, metrics["per_class_iou"], metrics["per_class_accuracy"], strict=True):
+        lines.append(f"{name:<{width}}  {_pct(iou)}  {_pct(acc)}")
+    lines.append("-" * (width + 16))
+    for key, label in (("mIoU", "mIoU"), ("mean_accuracy", "mean acc"), ("pixel_accuracy", "pixel acc"),
+                       ("fw_iou", "fw IoU")):
+        lines.append(f"{label:<{width}}  {_pct(metrics[key])}")
+    for width_px, value in metrics.get("trimap", {}).items():
+        lines.append(f"{'trimap ' + width_px + 'px mIoU':<{width}}  {_pct(value)}")
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"{'-':>6}"
+    return f"{100 * value:6.2f}"

@@ -1,0 +1,75 @@
+"""Prediction: for each input image, `<stem>.png` (class indices, palette PNG) and
+`<stem>_overlay.png` (the colour map blended over the image)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm import tqdm
+
+from atrous.data import DataError, read_image
+from atrous.data.transforms import Normalize
+from atrous.engine.common import normalisation, palette_of
+from atrous.engine.errors import UserError
+from atrous.engine.evaluate import predict_logits
+from atrous.engine.files import write_atomic
+from atrous.models import SegmentationModel
+
+
+def index_png(labels: np.ndarray, palette: np.ndarray) -> Image.Image:
+    """(H, W) class indices as a palette PNG: the pixel values are the classes, viewers
+    show the colours."""
+    image = Image.fromarray(labels.astype(np.uint8), mode="P")
+    image.putpalette(palette.reshape(-1).tolist())
+    return image
+
+
+def overlay(image: np.ndarray, labels: np.ndarray, palette: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """(H, W, 3) uint8 image with the class colours blended over it."""
+    colours = palette[labels].astype(np.float32)
+    return (image.astype(np.float32) * (1 - alpha) + colours * alpha).round().astype(np.uint8)
+
+
+def _save_png(image: Image.Image, path: str) -> None:
+    write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
+
+
+def predict(
+    model: SegmentationModel,
+    inputs: Sequence[str],
+    out_dir: str,
+    *,
+    crf: torch.nn.Module | None = None,
+    precision: str = "fp32",
+    progress: bool = True,
+) -> list[str]:
+    """Segments every input image; returns the paths written. All inputs are read before
+    anything is written, so a bad input stops the run with nothing half done."""
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in inputs]
+    duplicates = sorted({s for s in stems if stems.count(s) > 1})
+    if duplicates:
+        raise UserError(f"two inputs share the name '{duplicates[0]}'; their outputs would overwrite each other")
+    try:
+        images = [read_image(path) for path in inputs]
+    except DataError as err:
+        raise UserError(str(err)) from err
+    mean, std = normalisation(model.meta)
+    normalise = Normalize(mean, std)
+    palette = palette_of(model.meta, model.num_classes)
+    os.makedirs(out_dir, exist_ok=True)
+    written: list[str] = []
+    for stem, raw in tqdm(list(zip(stems, images, strict=True)), desc="predict", disable=not progress, unit="img"):
+        logits = predict_logits(model, normalise(raw, None)[0][None], precision)
+        if crf is not None:
+            logits = crf(logits, raw[None].to(logits.device).float())
+        labels = logits.argmax(dim=1)[0].cpu().numpy()
+        index_path = os.path.join(out_dir, f"{stem}.png")
+        overlay_path = os.path.join(out_dir, f"{stem}_overlay.png")
+        _save_png(index_png(labels, palette), index_path)
+        _save_png(Image.fromarray(overlay(raw.permute(1, 2, 0).numpy(), labels, palette)), overlay_path)
+        written += [index_path, overlay_path]
+    return written

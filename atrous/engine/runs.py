@@ -1,0 +1,92 @@
+"""The eval and predict commands: load a checkpoint, build the CRF, run, report."""
+
+from __future__ import annotations
+
+import json
+import os
+from argparse import Namespace
+from typing import Any
+
+import torch
+
+from atrous.data import build_dataset
+from atrous.engine.checkpoint import load_checkpoint
+from atrous.engine.common import resolve_device
+from atrous.engine.errors import UserError
+from atrous.engine.evaluate import evaluate, format_table
+from atrous.engine.files import write_text_atomic
+from atrous.engine.predict import predict
+from atrous.models import SegmentationModel
+
+
+def _read_params(path: str) -> dict[str, Any]:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UserError(f"--crf-params file not found: {path}")
+    try:
+        with open(path) as handle:
+            params = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"--crf-params {path} is not valid YAML/JSON: {str(err).splitlines()[0]}") from err
+    if not isinstance(params, dict):
+        raise UserError(f"--crf-params {path} must hold a mapping of parameter: value")
+    return params
+
+
+def build_crf(kind: str, model: SegmentationModel, params_path: str | None = None) -> torch.nn.Module | None:
+    """The CRF for `--crf kind`: parameters from `--crf-params`, else those fitted and saved
+    in the checkpoint (meta["crf"][kind]), else the layer's published defaults."""
+    if kind == "none":
+        if params_path:
+            raise UserError("--crf-params needs --crf dense or --crf conv")
+        return None
+    from atrous.crf import ConvCRF, DenseCRF
+
+    layer = {"dense": DenseCRF, "conv": ConvCRF}[kind]
+    saved = (model.meta.get("crf") or {}).get(kind)
+    if params_path:
+        params = _read_params(params_path)
+        try:
+            crf = layer(**params)
+        except TypeError as err:
+            raise UserError(f"--crf-params {params_path}: {err}") from err
+    elif saved:
+        crf = layer(**saved.get("init", {}))
+        state = {k: torch.tensor(v) for k, v in saved.get("state", {}).items()}
+        crf.load_state_dict(state, strict=False)
+    else:
+        crf = layer(num_classes=model.num_classes) if kind == "conv" else layer()
+    return crf.to(next(model.parameters()).device).eval()
+
+
+def _load(path: str, device: str | None) -> SegmentationModel:
+    return load_checkpoint(path).to(resolve_device(device))
+
+
+def run_eval(args: Namespace) -> dict[str, Any]:
+    model = _load(args.checkpoint, args.device)
+    dataset = build_dataset(args.dataset, args.split, data_root=args.data_root, num_classes=args.num_classes,
+                            synthetic_size=args.synthetic_size)
+    info = dataset.info
+    if info.num_classes != model.num_classes:
+        raise UserError(
+            f"{args.checkpoint} predicts {model.num_classes} classes but dataset {args.dataset} has {info.num_classes}"
+        )
+    if any(w < 1 for w in args.trimap):
+        raise UserError("--trimap widths must be at least 1 pixel")
+    crf = build_crf(args.crf, model, args.crf_params)
+    metrics = evaluate(model, dataset, batch_size=args.batch_size, precision=args.precision, crf=crf,
+                       trimap_widths=args.trimap, progress=args.progress)
+    metrics["checkpoint"] = args.checkpoint
+    metrics["crf"] = args.crf
+    print(format_table(metrics))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(metrics, indent=2))
+    return metrics
+
+
+def run_predict(args: Namespace) -> list[str]:
+    model = _load(args.checkpoint, args.device)
+    crf = build_crf(args.crf, model, args.crf_params)
+    return predict(model, args.inputs, args.out, crf=crf, precision=args.precision, progress=args.progress)

@@ -1,0 +1,403 @@
+"""Training: iteration-based, DeepLab's poly schedule, exact resume, atomic checkpoints.
+
+Writes into `out`:
+- model.safetensors  the model (atrous.load_checkpoint rebuilds it)
+- train_state.pt     weights, optimiser, step and RNG state, for --resume
+- log.jsonl          one JSON line per epoch (and one when a run stops)
+- metrics.json       evaluation on the validation split and a training summary
+- config.json        the resolved training configuration
+
+Every sample is drawn and augmented from (seed, sample number) alone, so a run stopped
+after N iterations and resumed gives the same weights as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from atrous.data import DataError, build_dataset, median_frequency_weights, train_transform
+from atrous.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from atrous.engine.checkpoint import save_checkpoint
+from atrous.engine.common import autocast, model_meta, resolve_device
+from atrous.engine.errors import UserError
+from atrous.engine.files import write_atomic, write_text_atomic
+from atrous.models import SegmentationModel, create_model
+
+OPTIMIZERS = ("sgd", "adamw")
+CLASS_WEIGHTINGS = ("none", "median_frequency")
+DEFAULT_ITERS = 1000
+
+
+@dataclass
+class TrainConfig:
+    """Every training option; the CLI flags and YAML config keys carry these names."""
+
+    model: str = "deeplab_v3plus"
+    dataset: str = "synthetic"
+    out: str = "runs/train"
+    data_root: str | None = None
+    backbone: str | None = None
+    output_stride: int | None = None
+    pretrained_backbone: str | None = None
+    model_options: dict[str, Any] = field(default_factory=dict)
+    num_classes: int | None = None
+    iters: int | None = None
+    epochs: float | None = None
+    batch_size: int = 8
+    crop_size: int | None = 321
+    optimizer: str = "sgd"
+    lr: float | None = None
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    warmup_iters: int = 0
+    class_weights: str = "none"
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    flip: bool = True
+    jitter: float = 0.0
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    precision: str = "fp32"
+    channels_last: bool = False
+    device: str | None = None
+    workers: int = 0
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    stop_after: int | None = None
+    checkpoint_every: int = 500
+    eval_split: str | None = "val"
+    eval_batch_size: int = 4
+    synthetic_size: int = 128
+    synthetic_length: int | None = None
+    adversarial: bool = False
+    adversarial_weight: float = 0.1
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"--optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'")
+        if self.class_weights not in CLASS_WEIGHTINGS:
+            raise UserError(f"--class-weights must be one of {CLASS_WEIGHTINGS}, got '{self.class_weights}'")
+        for name in ("batch_size", "iters", "crop_size", "stop_after", "checkpoint_every"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.epochs is not None and self.epochs <= 0:
+            raise UserError(f"--epochs must be positive, got {self.epochs}")
+        if self.iters is not None and self.epochs is not None:
+            raise UserError("give --iters or --epochs, not both")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise UserError(f"--scale-min/--scale-max must satisfy 0 < min <= max, got {self.scale_min}, {self.scale_max}")
+        if self.lr is not None and self.lr <= 0:
+            raise UserError(f"--lr must be positive, got {self.lr}")
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else (0.01 if self.optimizer == "sgd" else 1e-3)
+
+
+def poly_lr(base_lr: float, step: int, total: int, power: float, warmup: int = 0) -> float:
+    """DeepLab's poly policy: base * (1 - step / total) ** power, after a linear warm-up."""
+    if step < warmup:
+        return base_lr * (step + 1) / warmup
+    return base_lr * (1 - step / total) ** power
+
+
+class TrainStream(torch.utils.data.Dataset):
+    """Sample number k -> the augmented pair, from (seed, k) alone: epoch k // n shuffles
+    the dataset with its own generator; sample k augments with another."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, transform, seed: int) -> None:
+        self.dataset = dataset
+        self.transform = transform
+        self.seed = seed
+        self._orders: dict[int, np.ndarray] = {}
+
+    def __len__(self) -> int:  # unbounded in principle; the sampler decides
+        return 2**62
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.seed, 0, epoch]).permutation(len(self.dataset))}
+        return self._orders[epoch]
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch, position = divmod(k, len(self.dataset))
+        image, mask = self.dataset[int(self._order(epoch)[position])]
+        return self.transform(image, mask, np.random.default_rng([self.seed, 1, k]))
+
+
+def segmentation_loss(
+    outputs: dict[str, torch.Tensor],
+    target: torch.Tensor,
+    aux_weights: dict[str, float],
+    class_weights: torch.Tensor | None,
+    ignore_index: int = 255,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy on "out" plus weighted cross-entropy on each auxiliary output."""
+    parts: dict[str, float] = {}
+    total = None
+    for key, logits in outputs.items():
+        weight = 1.0 if key == "out" else aux_weights.get(key, 0.0)
+        if weight == 0.0:
+            continue
+        if bool((target == ignore_index).all()):
+            loss = logits.sum() * 0.0  # a crop with no labelled pixel teaches nothing
+        else:
+            loss = F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index)
+        parts[key] = float(loss.detach())
+        total = weight * loss if total is None else total + weight * loss
+    return total, parts
+
+
+def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum,
+                               weight_decay=cfg.weight_decay)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+
+
+def _total_iters(cfg: TrainConfig, dataset_length: int) -> int:
+    if cfg.iters is not None:
+        return cfg.iters
+    if cfg.epochs is not None:
+        return max(1, math.ceil(cfg.epochs * dataset_length / cfg.batch_size))
+    return DEFAULT_ITERS
+
+
+def _config_json(cfg: TrainConfig) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+# the options that must not change between a run and its --resume
+_RESUME_FIXED = ("model", "dataset", "backbone", "output_stride", "model_options", "batch_size", "seed",
+                 "crop_size", "optimizer")
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        cfg.validate()
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model_path = os.path.join(cfg.out, "model.safetensors")
+        self.state_path = os.path.join(cfg.out, "train_state.pt")
+        self.log_path = os.path.join(cfg.out, "log.jsonl")
+        self._check_out_dir()
+        torch.manual_seed(cfg.seed)
+        self.dataset = build_dataset(cfg.dataset, "train", data_root=cfg.data_root, num_classes=cfg.num_classes,
+                                     synthetic_size=cfg.synthetic_size, synthetic_length=cfg.synthetic_length)
+        if len(self.dataset) == 0:
+            raise UserError(f"the {cfg.dataset} training split is empty")
+        self.info = self.dataset.info
+        self.model = self._build_model()
+        self.optimizer = _build_optimizer(self.model, cfg)
+        self.total = _total_iters(cfg, len(self.dataset))
+        self.class_weights = self._class_weights()
+        self.step = 0
+        self.epoch_loss = [0.0, 0]  # running sum and count for the epoch's log line
+        self.elapsed = 0.0
+        self.adversary = self._build_adversary()
+        if cfg.resume:
+            self._load_state()
+
+    def _check_out_dir(self) -> None:
+        cfg = self.cfg
+        if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+            raise UserError(f"--out {cfg.out} exists and is not a folder")
+        if cfg.resume:
+            if not os.path.isfile(self.state_path):
+                raise UserError(f"--resume: no training state in {cfg.out} (expected {self.state_path})")
+        elif os.path.exists(self.model_path) and not cfg.overwrite:
+            raise UserError(
+                f"{self.model_path} already exists; pass --resume to continue it, --overwrite to replace it, "
+                "or choose another --out"
+            )
+
+    def _build_model(self) -> SegmentationModel:
+        cfg = self.cfg
+        try:
+            model = create_model(cfg.model, self.info.num_classes, backbone=cfg.backbone,
+                                 output_stride=cfg.output_stride, pretrained_backbone=cfg.pretrained_backbone,
+                                 **cfg.model_options)
+        except FileNotFoundError as err:
+            raise UserError(str(err)) from err
+        except (ValueError, TypeError) as err:
+            raise UserError(f"--model {cfg.model}: {err}") from err
+        model.meta = model_meta(self.info, cfg.mean, cfg.std)
+        model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
+    def _class_weights(self) -> torch.Tensor | None:
+        if self.cfg.class_weights == "none":
+            return None
+        if not hasattr(self.dataset, "mask_paths"):
+            raise UserError(f"--class-weights median_frequency needs mask files; dataset {self.cfg.dataset} has none")
+        return median_frequency_weights(self.dataset.mask_paths(), self.info.num_classes).to(self.device)
+
+    def _build_adversary(self):
+        if not self.cfg.adversarial:
+            return None
+        from atrous.engine.adversarial import AdversarialTrainer
+
+        return AdversarialTrainer(self.info.num_classes, weight=self.cfg.adversarial_weight, device=self.device)
+
+    # --- state -------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        state = {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "epoch_loss": list(self.epoch_loss),
+            "elapsed": self.elapsed,
+            "config": _config_json(self.cfg),
+        }
+        if self.adversary is not None:
+            state["adversary"] = self.adversary.state_dict()
+        return state
+
+    def _save(self) -> None:
+        os.makedirs(self.cfg.out, exist_ok=True)
+        write_atomic(self.state_path, lambda tmp: torch.save(self._state(), tmp))
+        save_checkpoint(self.model, self.model_path, step=self.step, total_iters=self.total)
+
+    def _load_state(self) -> None:
+        try:
+            state = torch.load(self.state_path, map_location=self.device, weights_only=True)
+        except Exception as err:  # a damaged file: say which and why, in one line
+            raise UserError(f"--resume: cannot read {self.state_path}: {str(err).splitlines()[0]}") from err
+        saved = state["config"]
+        current = _config_json(self.cfg)
+        for key in _RESUME_FIXED:
+            if saved.get(key) != current.get(key):
+                raise UserError(
+                    f"--resume: {self.cfg.out} was trained with {key}={saved.get(key)!r}, not {current.get(key)!r}"
+                )
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+        self.step = int(state["step"])
+        self.epoch_loss = list(state["epoch_loss"])
+        self.elapsed = float(state["elapsed"])
+        if self.adversary is not None and "adversary" in state:
+            self.adversary.load_state_dict(state["adversary"])
+        if self.step >= self.total:
+            raise UserError(f"--resume: {self.cfg.out} already finished {self.step} of {self.total} iterations")
+
+    # --- loop ----------------------------------------------------------------------------
+    def _loader(self) -> torch.utils.data.DataLoader:
+        cfg = self.cfg
+        transform = train_transform(cfg.crop_size, scale=(cfg.scale_min, cfg.scale_max), flip=cfg.flip,
+                                    jitter=cfg.jitter, mean=cfg.mean, std=cfg.std)
+        stream = TrainStream(self.dataset, transform, cfg.seed)
+        samples = range(self.step * cfg.batch_size, self.total * cfg.batch_size)
+        return torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, sampler=samples,
+                                           num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
+
+    def _log(self, record: dict[str, Any]) -> None:
+        os.makedirs(self.cfg.out, exist_ok=True)
+        with open(self.log_path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+
+    def _train_step(self, images: torch.Tensor, masks: torch.Tensor, lr: float) -> dict[str, float]:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        self.model.train()
+        with autocast(self.device, self.cfg.precision):
+            outputs = self.model(images, return_aux=True)
+        loss, parts = segmentation_loss(outputs, masks, self.model.aux_weights, self.class_weights,
+                                        self.info.ignore_index)
+        if self.adversary is not None:
+            parts["adv_d"] = self.adversary.discriminator_step(images, outputs["out"].detach(), masks)
+            adv = self.adversary.segmenter_loss(images, outputs["out"])
+            parts["adv_g"] = float(adv.detach())
+            loss = loss + adv
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        parts["loss"] = float(loss.detach())
+        if not math.isfinite(parts["loss"]):
+            raise UserError(f"training diverged at iteration {self.step + 1} (loss {parts['loss']}); lower --lr")
+        return parts
+
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        os.makedirs(cfg.out, exist_ok=True)
+        write_text_atomic(os.path.join(cfg.out, "config.json"), json.dumps(_config_json(cfg), indent=2))
+        end = self.total if cfg.stop_after is None else min(self.total, self.step + cfg.stop_after)
+        steps_per_epoch = max(1, math.ceil(len(self.dataset) / cfg.batch_size))
+        bar = tqdm(total=end, initial=self.step, desc=f"train {cfg.model}", disable=not cfg.progress,
+                   dynamic_ncols=True, unit="it")
+        started = time.perf_counter() - self.elapsed
+        try:
+            for images, masks in self._loader():
+                lr = poly_lr(cfg.base_lr, self.step, self.total, cfg.poly_power, cfg.warmup_iters)
+                parts = self._train_step(images, masks, lr)
+                self.step += 1
+                self.elapsed = time.perf_counter() - started
+                self.epoch_loss[0] += parts["loss"]
+                self.epoch_loss[1] += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{parts['loss']:.3f}", lr=f"{lr:.2e}")
+                if self.step % steps_per_epoch == 0:
+                    self._end_epoch(self.step // steps_per_epoch, lr)
+                if self.step % cfg.checkpoint_every == 0 or self.step >= end:
+                    self._save()
+                if self.step >= end:
+                    break
+        except RuntimeError as err:
+            if "stack expects each tensor to be equal size" in str(err):
+                raise UserError("training images differ in size; pass --crop-size") from err
+            raise
+        finally:
+            bar.close()
+        finished = self.step >= self.total
+        self._log({"event": "finished" if finished else "stopped", "step": self.step, "elapsed_s": round(self.elapsed, 2)})
+        summary = {"iters": self.step, "total_iters": self.total, "seconds": round(self.elapsed, 2),
+                   "finished": finished}
+        return summary
+
+    def _end_epoch(self, epoch: int, lr: float) -> None:
+        total, count = self.epoch_loss
+        self._log({"epoch": epoch, "step": self.step, "loss": round(total / max(count, 1), 5), "lr": lr,
+                   "elapsed_s": round(self.elapsed, 2)})
+        self.epoch_loss = [0.0, 0]
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Train, then evaluate on `cfg.eval_split` (when the dataset has it) and write
+    metrics.json. Returns {"train": summary, "val": metrics or None}."""
+    trainer = Trainer(cfg)
+    summary = trainer.run()
+    result: dict[str, Any] = {"train": summary, cfg.eval_split or "val": None}
+    if summary["finished"] and cfg.eval_split:
+        from atrous.engine.evaluate import evaluate
+
+        try:
+            dataset = build_dataset(cfg.dataset, cfg.eval_split, data_root=cfg.data_root, num_classes=cfg.num_classes,
+                                    synthetic_size=cfg.synthetic_size)
+        except DataError:
+            dataset = None  # no validation split: nothing to evaluate
+        if dataset is not None and len(dataset):
+            result[cfg.eval_split] = evaluate(trainer.model, dataset, batch_size=cfg.eval_batch_size,
+                                              precision=cfg.precision, progress=cfg.progress)
+    write_text_atomic(os.path.join(cfg.out, "metrics.json"), json.dumps(result, indent=2))
+    return result
