@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,8 +37,10 @@ def fit_crf(
     """Fit ``crf``'s trainable parameters by Adam on the cross-entropy of its output.
 
     batches: (logits (N, C, H, W), image (N, 3, H, W) in [0, 255], target (N, H, W) int64)
-        from a frozen network; cycled through until ``iters`` steps are done (a list is
-        fine; a one-shot iterator is cached on first pass).
+        from a frozen network; cycled through until ``iters`` steps are done. A list, or any
+        re-iterable whose ``__iter__`` starts a new pass (e.g. one drawing fresh crops), is
+        iterated again each pass and nothing is kept; a one-shot iterator is cached on its
+        first pass.
     Returns the training loss of every step. Engine-independent: no data loading, no
     checkpointing; the fitted values live in ``crf.state_dict()``.
     """
@@ -49,9 +50,7 @@ def fit_crf(
     optimizer = torch.optim.Adam(params, lr=lr)
     crf.train()
     losses: list[float] = []
-    cache: list = []
-    source = itertools.chain(_remember(batches, cache), itertools.cycle(cache))
-    for _, (logits, image, target) in zip(range(iters), source, strict=False):
+    for _, (logits, image, target) in zip(range(iters), _passes(batches), strict=False):
         log_q = crf(logits.detach(), image)
         loss = F.nll_loss(log_q, target, ignore_index=ignore_index)
         optimizer.zero_grad(set_to_none=True)
@@ -63,12 +62,20 @@ def fit_crf(
     return losses
 
 
-def _remember(batches: Iterable, cache: list):
-    for batch in batches:
-        cache.append(batch)
-        yield batch
-    if not cache:
-        raise ValueError("fit_crf needs at least one batch")
+def _passes(batches: Iterable):
+    """Endless passes over ``batches``; a one-shot iterator is cached as it is consumed."""
+    cache: list | None = [] if iter(batches) is batches else None
+    while True:
+        empty = True
+        for batch in batches:
+            empty = False
+            if cache is not None:
+                cache.append(batch)
+            yield batch
+        if empty:
+            raise ValueError("fit_crf needs at least one batch")
+        if cache is not None:
+            batches, cache = cache, None
 
 
 def _keep_valid(crf: nn.Module) -> None:

@@ -36,27 +36,41 @@ def _read_params(path: str) -> dict[str, Any]:
 
 def build_crf(kind: str, model: SegmentationModel, params_path: str | None = None) -> torch.nn.Module | None:
     """The CRF for `--crf kind`: parameters from `--crf-params`, else those fitted and saved
-    in the checkpoint (meta["crf"][kind]), else the layer's published defaults."""
+    in the checkpoint (meta["crf"][kind] = {"init": kwargs, "state": state_dict as lists}, as
+    written by `atrous fit-crf`), else the layer's published defaults. `num_classes` is the
+    model's unless given."""
     if kind == "none":
         if params_path:
             raise UserError("--crf-params needs --crf dense or --crf conv")
         return None
     from atrous.crf import ConvCRF, DenseCRF
 
+    def from_params(params: dict[str, Any], where: str) -> torch.nn.Module:
+        params = {str(k).replace("-", "_"): v for k, v in params.items() if k != "kind"}
+        given = params.setdefault("num_classes", model.num_classes)
+        if given is not None and given != model.num_classes:
+            raise UserError(f"{where}: num_classes {given} does not match the model's {model.num_classes}")
+        try:
+            return layer(**params)
+        except (TypeError, ValueError) as err:
+            raise UserError(f"{where}: {err}") from err
+
     layer = {"dense": DenseCRF, "conv": ConvCRF}[kind]
     saved = (model.meta.get("crf") or {}).get(kind)
     if params_path:
-        params = _read_params(params_path)
-        try:
-            crf = layer(**params)
-        except TypeError as err:
-            raise UserError(f"--crf-params {params_path}: {err}") from err
+        crf = from_params(_read_params(params_path), f"--crf-params {params_path}")
     elif saved:
-        crf = layer(**saved.get("init", {}))
-        state = {k: torch.tensor(v) for k, v in saved.get("state", {}).items()}
-        crf.load_state_dict(state, strict=False)
+        where = f"the checkpoint's fitted {kind} CRF"
+        if not isinstance(saved, dict) or not isinstance(saved.get("init", {}), dict):
+            raise UserError(f"{where} is damaged (expected {{'init': ..., 'state': ...}})")
+        crf = from_params(saved.get("init", {}), where)
+        try:
+            state = {k: torch.tensor(v, dtype=torch.float32) for k, v in saved.get("state", {}).items()}
+            crf.load_state_dict(state, strict=True)
+        except (RuntimeError, TypeError, ValueError, AttributeError) as err:
+            raise UserError(f"{where} is damaged: {str(err).strip().splitlines()[0]}") from err
     else:
-        crf = layer(num_classes=model.num_classes) if kind == "conv" else layer()
+        crf = layer(num_classes=model.num_classes)
     return crf.to(next(model.parameters()).device).eval()
 
 
