@@ -112,6 +112,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--data-root")
     ev.add_argument("--split", default="val")
     ev.add_argument("--num-classes", type=int)
+    ev.add_argument("--max-images", type=int, help="evaluate on the first N images only")
     ev.add_argument("--batch-size", type=int, default=4)
     ev.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     ev.add_argument("--device")
@@ -130,6 +131,26 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device")
     pr.add_argument("--no-progress", dest="progress", action="store_false")
     _add_crf_arguments(pr)
+
+    fit = commands.add_parser("fit-crf", help="fit CRF parameters on a frozen model's outputs (decoupled training)")
+    fit.add_argument("--checkpoint", required=True)
+    fit.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
+    fit.add_argument("--data-root")
+    fit.add_argument("--split", default="train", help="split to fit on (default train)")
+    fit.add_argument("--num-classes", type=int)
+    fit.add_argument("--crf", choices=("dense", "conv"), default="conv")
+    fit.add_argument("--crf-params", help="YAML/JSON file of starting parameters")
+    fit.add_argument("--iters", type=int, default=200)
+    fit.add_argument("--lr", type=float, default=0.01)
+    fit.add_argument("--batch-size", type=int, default=2)
+    fit.add_argument("--crop-size", type=int, help="random crops of this side (default: whole images)")
+    fit.add_argument("--max-images", type=int, help="use at most this many images of the split")
+    fit.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    fit.add_argument("--device")
+    fit.add_argument("--seed", type=int, default=0)
+    fit.add_argument("--out", help="checkpoint to write (default: update --checkpoint in place, atomically)")
+    fit.add_argument("--synthetic-size", type=int, default=128)
+    fit.add_argument("--no-progress", dest="progress", action="store_false")
 
     demo = commands.add_parser("demo", help="train DeepLab v3+ on synthetic scenes, evaluate, write overlays")
     demo.add_argument("--out", default="runs/demo")
@@ -217,6 +238,13 @@ def _command_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_fit_crf(args: argparse.Namespace) -> int:
+    from atrous.engine.crf_fit import run_fit_crf
+
+    run_fit_crf(args)
+    return 0
+
+
 def _command_demo(args: argparse.Namespace) -> int:
     from atrous.engine.demo import run_demo
 
@@ -229,6 +257,7 @@ COMMANDS = {
     "train": _command_train,
     "eval": _command_eval,
     "predict": _command_predict,
+    "fit-crf": _command_fit_crf,
     "demo": _command_demo,
 }
 

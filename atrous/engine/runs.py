@@ -74,6 +74,21 @@ def build_crf(kind: str, model: SegmentationModel, params_path: str | None = Non
     return crf.to(next(model.parameters()).device).eval()
 
 
+class FirstItems(torch.utils.data.Dataset):
+    """The first `count` items of a dataset, keeping its `info`."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, count: int) -> None:
+        self.dataset, self.count, self.info = dataset, min(count, len(dataset)), dataset.info
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, index: int):
+        if index >= self.count:
+            raise IndexError(index)
+        return self.dataset[index]
+
+
 def _load(path: str, device: str | None) -> SegmentationModel:
     return load_checkpoint(path).to(resolve_device(device))
 
@@ -83,6 +98,10 @@ def run_eval(args: Namespace) -> dict[str, Any]:
     dataset = build_dataset(args.dataset, args.split, data_root=args.data_root, num_classes=args.num_classes,
                             synthetic_size=args.synthetic_size)
     info = dataset.info
+    if args.max_images is not None:
+        if args.max_images < 1:
+            raise UserError(f"--max-images must be at least 1, got {args.max_images}")
+        dataset = FirstItems(dataset, args.max_images)
     if info.num_classes != model.num_classes:
         raise UserError(
             f"{args.checkpoint} predicts {model.num_classes} classes but dataset {args.dataset} has {info.num_classes}"

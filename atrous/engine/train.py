@@ -254,7 +254,7 @@ class Trainer:
             return None
         from atrous.engine.adversarial import AdversarialTrainer
 
-        return AdversarialTrainer(self.info.num_classes, weight=self.cfg.adversarial_weight, device=self.device)
+        return AdversarialTrainer.for_model(self.info.num_classes, weight=self.cfg.adversarial_weight).to(self.device)
 
     # --- state -------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
@@ -306,8 +306,11 @@ class Trainer:
                                     jitter=cfg.jitter, mean=cfg.mean, std=cfg.std)
         stream = TrainStream(self.dataset, transform, cfg.seed)
         samples = range(self.step * cfg.batch_size, self.total * cfg.batch_size)
+        # a private generator: the loader must not draw from the global RNG (dropout's), or a
+        # resumed run would differ from a straight one
         return torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, sampler=samples,
-                                           num_workers=cfg.workers, pin_memory=self.device.type == "cuda")
+                                           num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
+                                           generator=torch.Generator().manual_seed(cfg.seed))
 
     def _log(self, record: dict[str, Any]) -> None:
         os.makedirs(self.cfg.out, exist_ok=True)
@@ -325,14 +328,16 @@ class Trainer:
             outputs = self.model(images, return_aux=True)
         loss, parts = segmentation_loss(outputs, masks, self.model.aux_weights, self.class_weights,
                                         self.info.ignore_index)
-        if self.adversary is not None:
-            parts["adv_d"] = self.adversary.discriminator_step(images, outputs["out"].detach(), masks)
-            adv = self.adversary.segmenter_loss(images, outputs["out"])
+        if self.adversary is not None:  # Luc et al. 2016: lambda * adversarial term, then a D step
+            adv = self.adversary.segmenter_loss(images, outputs["out"].float())
             parts["adv_g"] = float(adv.detach())
             loss = loss + adv
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        if self.adversary is not None:
+            parts["adv_d"] = self.adversary.discriminator_step(images, outputs["out"].float(), masks,
+                                                               ignore_index=self.info.ignore_index)
         parts["loss"] = float(loss.detach())
         if not math.isfinite(parts["loss"]):
             raise UserError(f"training diverged at iteration {self.step + 1} (loss {parts['loss']}); lower --lr")

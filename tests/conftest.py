@@ -1,0 +1,56 @@
+"""Shared fixtures: a tiny trained checkpoint, the real data folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def tiny_config(out: Path, **overrides):
+    from atrous.engine.train import TrainConfig
+
+    values = dict(
+        model="deeplab_v3plus",
+        backbone="resnet18",
+        dataset="synthetic",
+        out=str(out),
+        iters=4,
+        batch_size=2,
+        crop_size=64,
+        synthetic_size=64,
+        synthetic_length=8,
+        optimizer="adamw",
+        eval_split=None,
+        progress=False,
+        checkpoint_every=2,
+    )
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A deeplab_v3plus/resnet18 trained for a few iterations on 64x64 synthetic scenes."""
+    from atrous.engine.train import train
+
+    out = tmp_path_factory.mktemp("tiny")
+    train(tiny_config(out))
+    return out / "model.safetensors"
+
+
+@pytest.fixture
+def camvid_root() -> Path:
+    root = SHARED_DATA / "camvid"
+    if not (root / "train.txt").is_file():
+        pytest.skip(f"CamVid not found at {root} (the shared data folder is absent)")
+    return root
+
+
+def pytest_report_header(config):
+    where = SHARED_DATA if os.path.isdir(SHARED_DATA) else "absent: real-data tests are skipped"
+    return f"atrous shared data: {where}"

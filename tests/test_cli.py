@@ -1,0 +1,163 @@
+"""The command line: each bad input ends with a non-zero exit and one line naming the file
+or option, no traceback; nothing already written is lost."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from atrous.cli import main
+from tests.conftest import REPO
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    try:
+        code = main(list(argv))
+    except SystemExit as exit_:  # argparse's usage errors
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def _folder_dataset(root, *, mask_size=(16, 12), label=1):
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    Image.fromarray(np.zeros((12, 16, 3), np.uint8)).save(root / "images" / "x.png")
+    mask = np.zeros(mask_size[::-1], np.uint8)
+    mask[0, 0] = label
+    Image.fromarray(mask).save(root / "masks" / "x.png")
+    (root / "classes.json").write_text(json.dumps({"classes": ["a", "b"]}))
+    return root
+
+
+def test_models_lists_every_model(capsys):
+    import atrous
+
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    names = [line.split()[0] for line in out.splitlines()]
+    assert names == atrous.list_models()
+    assert all(len(line.split(None, 1)) == 2 for line in out.splitlines())
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["train", "--model", "nonet", "--dataset", "synthetic", "--out", "{tmp}/a", "--iters", "1"],
+         ["--model nonet", "unknown model"]),
+        (["train", "--model", "unet", "--dataset", "imagenet", "--out", "{tmp}/a"], ["unknown dataset 'imagenet'"]),
+        (["train", "--model", "unet", "--dataset", "camvid", "--data-root", "{tmp}/none", "--out", "{tmp}/a"],
+         ["CamVid folder not found", "none"]),
+        (["train", "--model", "unet", "--dataset", "synthetic", "--out", "{tmp}/a", "--iters", "0"], ["--iters"]),
+        (["train", "--model", "unet", "--dataset", "synthetic", "--out", "{tmp}/a", "--iters", "x"],
+         ["--iters", "invalid int value"]),
+        (["train", "--model", "unet", "--dataset", "synthetic", "--out", "{tmp}/a", "--model-opt", "wings=2"],
+         ["no option 'wings'"]),
+        (["train", "--model", "deeplab_v3", "--backbone", "nosuchnet", "--dataset", "synthetic", "--out", "{tmp}/a"],
+         ["unknown backbone 'nosuchnet'"]),
+        (["train", "--config", "{tmp}/missing.yaml"], ["--config file not found", "missing.yaml"]),
+        (["train", "--model", "unet", "--dataset", "synthetic", "--out", "{tmp}/a",
+          "--pretrained-backbone", "{tmp}/w.pth", "--backbone", "resnet18"], ["w.pth"]),
+        (["eval", "--checkpoint", "{tmp}/nope.safetensors", "--dataset", "synthetic"],
+         ["checkpoint not found", "nope.safetensors"]),
+        (["predict", "--checkpoint", "{tmp}/nope.safetensors", "x.png", "--out", "{tmp}/o"],
+         ["checkpoint not found"]),
+        (["bogus"], ["invalid choice"]),
+    ],
+)
+def test_bad_inputs_end_in_one_line(capsys, tmp_path, argv, fragments):
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    fragments = [f.replace("{tmp}", str(tmp_path)) for f in fragments]
+    code, _, err = run(capsys, *argv)
+    assert code == 2
+    assert_one_line_error(err, *fragments)
+
+
+def test_bad_config_keys_and_yaml(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: unet\ndataset: synthetic\nout: x\nlearning_rate: 3\n")
+    code, _, err = run(capsys, "train", "--config", str(config))
+    assert code == 2
+    assert_one_line_error(err, "c.yaml", "unknown option 'learning_rate'")
+    config.write_text("model: [unet\n")
+    code, _, err = run(capsys, "train", "--config", str(config))
+    assert_one_line_error(err, "c.yaml", "not valid YAML")
+
+
+def test_folder_mask_mismatch_and_labels(capsys, tmp_path):
+    root = _folder_dataset(tmp_path / "size", mask_size=(15, 12))
+    code, _, err = run(capsys, "train", "--model", "unet", "--dataset", "folder", "--data-root", str(root),
+                       "--out", str(tmp_path / "o"), "--iters", "1", "--crop-size", "16", "--no-progress")
+    assert code == 2
+    assert_one_line_error(err, "x.png", "15x12", "16x12")
+    root = _folder_dataset(tmp_path / "labels", label=9)
+    code, _, err = run(capsys, "train", "--model", "unet", "--dataset", "folder", "--data-root", str(root),
+                       "--out", str(tmp_path / "o2"), "--iters", "1", "--crop-size", "16", "--no-progress")
+    assert code == 2
+    assert_one_line_error(err, "x.png", "label values [9]")
+
+
+def test_eval_and_predict_errors(capsys, tmp_path, tiny_checkpoint):
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG broken")
+    good = tmp_path / "good.png"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(good)
+    out = tmp_path / "pred"
+    code, _, err = run(capsys, "predict", "--checkpoint", str(tiny_checkpoint), str(good), str(corrupt),
+                       "--out", str(out), "--no-progress")
+    assert code == 2
+    assert_one_line_error(err, "cannot read image", "corrupt.png")
+    assert not out.exists(), "a bad input stops the run before anything is written"
+    code, _, err = run(capsys, "predict", "--checkpoint", str(tiny_checkpoint), str(tmp_path / "gone.png"),
+                       "--out", str(out), "--no-progress")
+    assert_one_line_error(err, "image not found", "gone.png")
+    not_ckpt = tmp_path / "model.safetensors"
+    not_ckpt.write_text("hello")
+    code, _, err = run(capsys, "eval", "--checkpoint", str(not_ckpt), "--dataset", "synthetic")
+    assert code == 2
+    assert_one_line_error(err, "model.safetensors", "not a readable")
+    root = _folder_dataset(tmp_path / "two")
+    code, _, err = run(capsys, "eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "folder",
+                       "--data-root", str(root), "--split", "train", "--no-progress")
+    assert code == 2
+    assert_one_line_error(err, "predicts 7 classes", "has 2")
+
+
+def test_eval_and_predict_work(capsys, tmp_path, tiny_checkpoint):
+    metrics_file = tmp_path / "m.json"
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "synthetic",
+                       "--synthetic-size", "64", "--max-images", "8", "--json", str(metrics_file), "--trimap", "3",
+                       "--no-progress")
+    assert code == 0
+    assert "mIoU" in out and "boat" in out and "trimap 3px" in out
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["images"] == 8 and 0 <= metrics["mIoU"] <= 1
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.full((41, 59, 3), 90, np.uint8)).save(image)
+    code, out, _ = run(capsys, "predict", "--checkpoint", str(tiny_checkpoint), str(image), "--out",
+                       str(tmp_path / "p"), "--no-progress")
+    assert code == 0
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["scene.png", "scene_overlay.png"]
+
+
+def test_real_process_exit_code_and_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "atrous", "eval", "--checkpoint", str(tmp_path / "x.safetensors"),
+         "--dataset", "synthetic"],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr, "checkpoint not found")

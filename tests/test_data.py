@@ -1,0 +1,193 @@
+"""Datasets and joint transforms: synthetic scenes, CamVid, folders, bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from atrous.data import (
+    CAMVID_INFO,
+    CamVid,
+    DataError,
+    FolderDataset,
+    SyntheticScenes,
+    median_frequency_weights,
+    train_transform,
+)
+from atrous.data.synthetic import BALL, BOAT, CAR, POLE, ROAD, WATER
+from atrous.data.transforms import RandomCrop, RandomHorizontalFlip, RandomScale
+
+
+# --- synthetic scenes ---------------------------------------------------------------------
+def test_synthetic_is_deterministic_and_splits_differ():
+    a, b = SyntheticScenes("train", length=3), SyntheticScenes("train", length=3, cache=False)
+    for i in range(3):
+        assert torch.equal(a[i][0], b[i][0]) and torch.equal(a[i][1], b[i][1])
+    val = SyntheticScenes("val", length=1)
+    assert not torch.equal(a[0][0], val[0][0])
+    image, mask = a[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 128, 128)
+    assert mask.dtype == torch.int64 and mask.shape == (128, 128)
+
+
+def test_synthetic_scene_properties():
+    ds = SyntheticScenes("train", length=40)
+    seen = set()
+    for i in range(len(ds)):
+        seen |= set(ds[i][1].unique().tolist())
+    assert seen == set(range(7)), "all seven classes appear"
+    # the context pair: cars sit on road, boats on water, and the two look alike
+    car_colours, boat_colours = [], []
+    for i in range(len(ds)):
+        image, mask = ds[i]
+        for cls, region, colours in ((CAR, ROAD, car_colours), (BOAT, WATER, boat_colours)):
+            obj = mask == cls
+            if obj.sum() < 30:
+                continue
+            colours.append(image[:, obj].float().mean(dim=1))
+            ring = torch.nn.functional.max_pool2d(obj[None, None].float(), 5, 1, 2)[0, 0].bool() & ~obj
+            # what surrounds the object, occluders and other vehicles aside
+            around = mask[ring]
+            around = around[(around != BALL) & (around != POLE) & (around != cls)]
+            assert (around == region).float().mean() > 0.5
+    car_mean, boat_mean = torch.stack(car_colours).mean(0), torch.stack(boat_colours).mean(0)
+    assert (car_mean - boat_mean).abs().max() < 25, "cars and boats share one colour distribution"
+
+
+def test_synthetic_thin_structures_and_scales():
+    ds = SyntheticScenes("train", length=30)
+    widths = []
+    for i in range(len(ds)):
+        mask = ds[i][1]
+        pole_rows = (mask == POLE).sum(dim=1)
+        widths += pole_rows[pole_rows > 0].tolist()
+    assert np.median(widths) <= 4, "poles are thin"
+
+
+def test_bad_synthetic_arguments():
+    with pytest.raises(ValueError, match="split"):
+        SyntheticScenes("nope")
+    with pytest.raises(ValueError, match="size"):
+        SyntheticScenes("train", size=8)
+
+
+# --- transforms ---------------------------------------------------------------------------
+def test_crop_pads_with_ignore_and_keeps_pairs_aligned():
+    image = torch.arange(2 * 3, dtype=torch.uint8).reshape(1, 2, 3).repeat(3, 1, 1)
+    mask = torch.arange(2 * 3).reshape(2, 3)
+    out_image, out_mask = RandomCrop(4)(image, mask, np.random.default_rng(0))
+    assert out_image.shape == (3, 4, 4) and out_mask.shape == (4, 4)
+    assert (out_mask == 255).sum() == 16 - 6
+    valid = out_mask != 255
+    assert torch.equal(out_image[0][valid].long(), out_mask[valid])
+
+
+def test_flip_and_scale_keep_image_and_mask_together():
+    image = torch.zeros(3, 10, 20, dtype=torch.uint8)
+    image[:, :, :5] = 200
+    mask = torch.zeros(10, 20, dtype=torch.long)
+    mask[:, :5] = 1
+    flipped = RandomHorizontalFlip(p=1.0)(image, mask, np.random.default_rng(0))
+    assert flipped[1][:, -5:].eq(1).all() and flipped[0][0, :, -5:].eq(200).all()
+    scaled_image, scaled_mask = RandomScale(2.0, 2.0)(image, mask, np.random.default_rng(0))
+    assert scaled_mask.shape == (20, 40) and scaled_image.shape == (3, 20, 40)
+    assert set(scaled_mask.unique().tolist()) == {0, 1}
+    assert scaled_mask[:, :9].eq(1).all() and scaled_mask[:, 11:].eq(0).all()
+
+
+def test_train_transform_is_reproducible_by_seed():
+    image, mask = SyntheticScenes("train", length=1)[0]
+    transform = train_transform(96, jitter=0.2)
+    a = transform(image, mask, np.random.default_rng(5))
+    b = transform(image, mask, np.random.default_rng(5))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert a[0].dtype == torch.float32 and a[0].shape == (3, 96, 96)
+
+
+# --- CamVid (real files) -----------------------------------------------------------------
+def test_camvid_real_files(camvid_root):
+    train, val = CamVid(str(camvid_root), "train"), CamVid(str(camvid_root), "val")
+    assert (len(train), len(val)) == (367, 101)
+    image, mask = val[0]
+    assert image.shape == (3, 360, 480) and image.dtype == torch.uint8
+    values = set(mask.unique().tolist())
+    assert values <= set(range(11)) | {255}
+    assert 11 not in values
+    assert CAMVID_INFO.num_classes == 11 and len(CAMVID_INFO.palette) == 11
+
+
+def test_median_frequency_weights_on_camvid(camvid_root):
+    weights = median_frequency_weights(CamVid(str(camvid_root), "train").mask_paths(), 11)
+    # SegNet's published CamVid weights: road is the most frequent class, bicyclist and
+    # pedestrian the rarest; the median class has weight 1
+    assert weights.argmin() == 3  # Road
+    assert weights[[9, 10]].min() > 5
+    assert sorted(weights.tolist())[5] == pytest.approx(1.0)
+
+
+def test_median_frequency_hand_computed(tmp_path):
+    # image A: 3 px of class 0, 1 px of class 1; image B: 4 px of class 1 (and 0 absent)
+    Image.fromarray(np.array([[0, 0], [0, 1]], np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.array([[1, 1], [1, 1]], np.uint8)).save(tmp_path / "b.png")
+    weights = median_frequency_weights([str(tmp_path / "a.png"), str(tmp_path / "b.png")], 2)
+    freq0, freq1 = 3 / 4, 5 / 8  # class 1 appears in both images: 5 of 8 pixels
+    median = np.median([freq0, freq1])
+    assert weights.tolist() == pytest.approx([median / freq0, median / freq1])
+
+
+def test_camvid_missing_folder(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        CamVid(str(tmp_path / "nowhere"))
+
+
+# --- folder datasets ----------------------------------------------------------------------
+def _folder(tmp_path, *, mask_size=(20, 10), values=(0, 1, 2), palette=False, classes=True):
+    """A one-image folder dataset: a 20x10 image and its mask (with `values` first)."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(np.full((10, 20, 3), 120, np.uint8)).save(tmp_path / "images" / "a.jpg")
+    mask = np.zeros(mask_size[::-1], np.uint8)
+    mask.flat[: len(values)] = values
+    image = Image.fromarray(mask, mode="L")
+    if palette:
+        image = image.convert("P")
+        image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
+    image.save(tmp_path / "masks" / "a.png")
+    if classes:
+        (tmp_path / "classes.json").write_text(json.dumps({"classes": ["bg", "x", "y"]}))
+    return tmp_path
+
+
+@pytest.mark.parametrize("palette", [False, True])
+def test_folder_dataset_reads_index_and_palette_masks(tmp_path, palette):
+    ds = FolderDataset(str(_folder(tmp_path, palette=palette)))
+    image, mask = ds[0]
+    assert image.shape == (3, 10, 20)
+    assert mask[0, :3].tolist() == [0, 1, 2]
+    assert ds.info.class_names == ("bg", "x", "y")
+
+
+def test_folder_dataset_errors_name_the_file(tmp_path):
+    root = _folder(tmp_path / "size", mask_size=(19, 10))
+    with pytest.raises(DataError, match=r"a\.png is 19x10 but its image is 20x10"):
+        FolderDataset(str(root))[0]
+    root = _folder(tmp_path / "labels", values=(0, 7))
+    with pytest.raises(DataError, match=r"a\.png has label values \[7\]"):
+        FolderDataset(str(root))[0]
+    root = _folder(tmp_path / "nomask")
+    (root / "masks" / "a.png").unlink()
+    with pytest.raises(DataError, match=r"a\.jpg has no mask"):
+        FolderDataset(str(root))
+    root = _folder(tmp_path / "corrupt")
+    (root / "images" / "a.jpg").write_bytes(b"not a jpeg at all")
+    with pytest.raises(DataError, match=r"cannot read image .*a\.jpg"):
+        FolderDataset(str(root))[0]
+    root = _folder(tmp_path / "noclasses", classes=False)
+    with pytest.raises(DataError, match="classes.json"):
+        FolderDataset(str(root))
+    assert FolderDataset(str(root), num_classes=3).info.num_classes == 3
