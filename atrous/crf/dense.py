@@ -171,12 +171,14 @@ class DenseCRF(nn.Module):
         kernels = [self._smoothness_kernel(n, h, w, logits), self._appearance_kernel(image)]
 
         energy = log_unary  # -E, up to a per-pixel constant
-        for _ in range(self.num_iterations):
-            q = softmax_rows(energy).contiguous()
-            message = sum(kernel(q) for kernel in kernels)
+        for i in range(self.num_iterations):
+            q = softmax_rows(energy, inplace=i > 0)  # energy is log_unary at i = 0
+            message = kernels[0](q)
+            for kernel in kernels[1:]:
+                message += kernel(q)  # in place: one pass, no new (N, P, C) tensor
             if self.compatibility == "matrix":
                 message = -message @ self.compat.to(message.dtype).t()
-            energy = log_unary + message
+            energy = message.add_(log_unary)
         log_q = F.log_softmax(energy.transpose(-1, -2), dim=-2).transpose(-1, -2)
         return log_q.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
 
@@ -194,11 +196,20 @@ def _batch_shared(kernel):
     return apply
 
 
-def softmax_rows(x: torch.Tensor) -> torch.Tensor:
-    """softmax over the last dim of (..., P, C) with small C; same values as
-    ``torch.softmax(x, -1)``. CPU softmax over a short contiguous last dim is slow, over a
-    strided dim it vectorises across rows, so softmax a transposed view (same memory)."""
-    return torch.softmax(x.transpose(-1, -2), dim=-2).transpose(-1, -2)
+def softmax_rows(x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+    """softmax over the last dim of contiguous (..., P, C) with small C; same values as
+    ``torch.softmax(x, -1)`` (to float rounding), as a contiguous tensor.
+
+    CPU softmax and reductions over a short contiguous last dim are slow, so: the row max
+    over a transposed view (vectorises across rows), exp, and the row sum as a
+    matrix-vector product. ``inplace=True`` reuses x's memory when autograd does not need it."""
+    row_max = x.detach().transpose(-1, -2).amax(-2).unsqueeze(-1)  # (..., P, 1)
+    ones = x.new_ones(x.shape[-1], 1)
+    if not inplace or (torch.is_grad_enabled() and x.requires_grad):
+        e = torch.exp(x - row_max)
+        return e / (e @ ones)
+    e = x.sub_(row_max).exp_()
+    return e.div_(e @ ones)
 
 
 def _check_options(compatibility: str, num_classes: int | None, stds: tuple) -> None:

@@ -144,25 +144,22 @@ def _build_lattice(features: torch.Tensor) -> dict:
 
     # closest remainder-0 lattice point, by rounding each coordinate to a multiple of d+1
     rounded = torch.round(elevated / (d + 1))
-    rem0 = (rounded * (d + 1)).long()
+    rem0 = rounded * (d + 1)
     coord_sum = rounded.sum(-1).long()  # (P,)
 
-    # rank of each coordinate of the residual: its position in descending order, ties
-    # broken by index (a stable sort gives densecrf's pairwise-comparison ranks exactly)
-    residual = elevated - rem0.to(elevated.dtype)
-    order = torch.sort(residual, dim=1, descending=True, stable=True).indices
-    positions = torch.arange(d + 1, device=device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(1, order, positions)
-    rank = rank + coord_sum[:, None]
+    # rank of each coordinate of the residual (its position in descending order, ties to the
+    # lower index) by densecrf's pairwise comparisons: (d+1)d/2 vectorised compares
+    residual = elevated - rem0
+    rank = _ranks(residual) + coord_sum[:, None]
     shift = (d + 1) * ((rank < 0).long() - (rank > d).long())
-    rank = rank + shift
-    rem0 = rem0 + shift
+    rank += shift
+    rem0 = rem0.long() + shift
 
-    # barycentric coordinates
+    # barycentric coordinates: b[m] = v(rank d - m) - v(rank d + 1 - m), b[0] += 1 + b[d+1]
     v = (elevated - rem0.to(elevated.dtype)) / (d + 1)
-    bary = elevated.new_zeros(elevated.shape[0], d + 2)
-    bary.scatter_add_(1, d - rank, v)
-    bary.scatter_add_(1, d - rank + 1, -v)
+    by_rank = torch.empty_like(v).scatter_(1, rank, v).flip(1)  # column m: v of rank d - m
+    zeros = v.new_zeros(v.shape[0], 1)
+    bary = torch.cat([by_rank, zeros], 1) - torch.cat([zeros, by_rank], 1)  # (P, d+2)
     bary[:, 0] += 1.0 + bary[:, d + 1]
     bary = bary[:, : d + 1]
 
@@ -180,74 +177,98 @@ def _build_lattice(features: torch.Tensor) -> dict:
             "use larger standard deviations or the exact filter"
         )
     coord_strides = torch.tensor(strides[:d][::-1], device=device, dtype=torch.long)
-    batch_index = torch.arange(batch, device=device).repeat_interleave(n)
-    packed_rem0 = ((rem0[:, :d] - low) * coord_strides).sum(-1) + batch_index * strides[d]
+    digit_strides = (d + 1) ** torch.arange(d, device=device)
+    # key = ((batch, rem0 - low) . strides) * num_codes + (ranks of the first d coords)
+    simplex_key = ((rem0[:, :d] - low) * coord_strides).sum(-1)
+    if batch > 1:
+        simplex_key += torch.arange(batch, device=device).repeat_interleave(n) * strides[d]
+    simplex_key = simplex_key * num_codes + (rank[:, :d] * digit_strides).sum(-1)
 
     # simplex vertex r: rem0 + canonical[r][rank], canonical[r][k] = r - (d+1) [k > d - r]
-    # Many pixels share a simplex, so find the distinct simplices first (a short sort).
-    rank_code = (rank[:, :d] * (d + 1) ** torch.arange(d, device=device)).sum(-1)
-    simplex_key = packed_rem0 * num_codes + rank_code
-    simplices, simplex_of_point = torch.unique(simplex_key, return_inverse=True)
+    # Many pixels share a simplex, so find the distinct simplices first: one sort of P keys,
+    # whose permutation is also the splat plan's "points grouped by simplex".
+    simplices, simplex_of_point, points_by_simplex, simplex_starts = _sorted_unique(simplex_key)
     base = torch.div(simplices, num_codes, rounding_mode="floor")
     codes = simplices - base * num_codes
-    digits = (codes[:, None] // (d + 1) ** torch.arange(d, device=device)) % (d + 1)  # ranks
+    digits = (codes[:, None] // digit_strides) % (d + 1)  # (S, d) ranks of the first d coords
     total_stride = int(coord_strides.sum())
-    corner_keys = []
-    for r in range(d + 1):
-        wrapped = ((digits > d - r).long() * coord_strides).sum(-1)
-        corner_keys.append(base + r * total_stride - (d + 1) * wrapped)
-    corner_keys = torch.stack(corner_keys, dim=1)  # (S, d+1)
-    table, vertex_of_corner = torch.unique(corner_keys.reshape(-1), return_inverse=True)
+    r = torch.arange(d + 1, device=device)
+    wrapped = ((digits[:, None, :] > d - r[:, None]).long() * coord_strides).sum(-1)  # (S, d+1)
+    corner_keys = base[:, None] + r * total_stride - (d + 1) * wrapped  # (S, d+1)
+    table, vertex_of_corner, corner_order, vertex_starts = _sorted_unique(corner_keys.reshape(-1))
     num_vertices = table.shape[0]
     vertex_of_corner = vertex_of_corner.reshape(-1, d + 1)  # (S, d+1)
     vertices = vertex_of_corner[simplex_of_point]  # (P, d+1)
 
-    # blur neighbours along direction j: key -/+ 1 everywhere except +/- d at coordinate j
-    neighbours = torch.empty(d + 1, 2, num_vertices + 1, dtype=torch.long, device=device)
-    for j in range(d + 1):
-        step = -total_stride + ((d + 1) * strides[d - 1 - j] if j < d else 0)
-        for side, delta in enumerate((step, -step)):
-            wanted = table + delta
-            idx = torch.searchsorted(table, wanted).clamp_(max=num_vertices - 1)
-            found = table[idx] == wanted
-            neighbours[j, side, :num_vertices] = torch.where(found, idx, num_vertices)
-            neighbours[j, side, num_vertices] = num_vertices
+    # blur neighbours along direction j: key -/+ step_j, step_j = -1 everywhere except
+    # +d at coordinate j; all 2(d+1) look-ups in one searchsorted on the sorted table
+    steps = [-total_stride + ((d + 1) * strides[d - 1 - j] if j < d else 0) for j in range(d + 1)]
+    deltas = torch.tensor(steps, device=device)[:, None] * torch.tensor([1, -1], device=device)
+    wanted = table + deltas[..., None]  # (d+1, 2, M)
+    idx = torch.searchsorted(table, wanted.reshape(-1)).clamp_(max=num_vertices - 1)
+    idx = idx.reshape(wanted.shape)
+    neighbours = torch.where(table[idx] == wanted, idx, num_vertices)
+    neighbours = F.pad(neighbours, (0, 1), value=num_vertices)  # (d+1, 2, M+1)
     return dict(
         vertices=vertices,
         weights=bary,
         neighbours=neighbours,
         num_vertices=num_vertices,
-        simplex_of_point=simplex_of_point,
-        vertex_of_corner=vertex_of_corner,
+        points_by_simplex=points_by_simplex,
+        simplex_starts=simplex_starts,
+        corners_by_vertex=corner_order,
+        vertex_starts=vertex_starts,
     )
+
+
+def _ranks(residual: torch.Tensor) -> torch.Tensor:
+    """(P, D) -> (P, D) int64 rank of each value in descending order, ties to the lower index
+    (densecrf's loop: for i < j, the smaller of the two gains a rank). Pairwise compares on
+    contiguous columns beat a row-wise sort of D elements by 2-4x on CPU."""
+    columns = residual.t().contiguous()  # (D, P)
+    dim = columns.shape[0]
+    rank = torch.zeros(columns.shape, dtype=torch.uint8, device=residual.device)
+    for i in range(dim):
+        for j in range(i + 1, dim):
+            smaller = columns[i] < columns[j]
+            rank[i] += smaller
+            rank[j] += ~smaller
+    return rank.t().long()
+
+
+def _sorted_unique(keys: torch.Tensor):
+    """torch.unique(keys, return_inverse=True) from one stable sort, plus its permutation
+    (the positions of the keys in sorted order, i.e. grouped by unique key) and where each
+    group starts in it."""
+    sorted_keys, order = torch.sort(keys, stable=True)
+    is_new = torch.ones_like(sorted_keys, dtype=torch.bool)
+    is_new[1:] = sorted_keys[1:] != sorted_keys[:-1]
+    group = torch.cumsum(is_new, 0) - 1
+    inverse = torch.empty_like(group).scatter_(0, order, group)
+    return sorted_keys[is_new], inverse, order, torch.nonzero(is_new).squeeze(1)
 
 
 def _splat_plan(lattice: dict, weights: torch.Tensor):
-    """The (point, corner) pairs ordered by vertex, without sorting all P*(d+1) of them:
-    sort points by simplex (P keys) and simplex corners by vertex (S*(d+1) keys), then
-    expand each corner to the points of its simplex."""
-    simplex_of_point = lattice["simplex_of_point"]  # (P,)
-    vertex_of_corner = lattice["vertex_of_corner"]  # (S, d+1)
-    num_simplices, corners = vertex_of_corner.shape
-    points_by_simplex = torch.argsort(simplex_of_point, stable=True)
-    points_per_simplex = torch.bincount(simplex_of_point, minlength=num_simplices)
-    first_point = torch.cumsum(points_per_simplex, 0) - points_per_simplex
-    corner_order = torch.argsort(vertex_of_corner.reshape(-1), stable=True)
-    corner_simplex = torch.div(corner_order, corners, rounding_mode="floor")
-    corner_index = corner_order - corner_simplex * corners
-    sizes = points_per_simplex[corner_simplex]  # points behind each corner, in vertex order
-    total = int(simplex_of_point.shape[0]) * corners
-    group_start = torch.cumsum(sizes, 0) - sizes
-    within = torch.arange(total, device=sizes.device) - torch.repeat_interleave(
-        group_start, sizes, output_size=total
-    )
-    position = torch.repeat_interleave(first_point[corner_simplex], sizes, output_size=total)
-    points = points_by_simplex[position + within]
-    corner_of_entry = torch.repeat_interleave(corner_index, sizes, output_size=total)
-    splat_weights = weights.reshape(-1)[points * corners + corner_of_entry]
-    # entries per vertex, for the bag offsets; the empty vertex M gets an empty bag
-    vertex_of_entry_counts = torch.zeros(
-        lattice["num_vertices"] + 1, dtype=torch.long, device=sizes.device
-    ).index_add_(0, vertex_of_corner.reshape(-1), points_per_simplex.repeat_interleave(corners))
-    starts = torch.cumsum(vertex_of_entry_counts, 0) - vertex_of_entry_counts
-    return points, splat_weights, starts
+    """The (point, corner) pairs grouped by vertex, for one embedding_bag, without sorting
+    all P*(d+1) of them: points grouped by simplex and simplex corners grouped by vertex
+    come from the lattice's two sorts; each corner then expands to the run of its simplex's
+    points (runs of a (corner, simplex-ordered point) table, read with good locality)."""
+    points_by_simplex = lattice["points_by_simplex"]  # (P,)
+    num_points, corners = weights.shape
+    simplex_starts = lattice["simplex_starts"]  # (S,)
+    points_per_simplex = torch.diff(simplex_starts, append=simplex_starts.new_tensor([num_points]))
+    # the table: row c*P + k is (k-th point in simplex order, its weight at corner c)
+    table_points = points_by_simplex.repeat(corners)
+    table_weights = weights[points_by_simplex].t().reshape(-1)
+    # simplex corners in vertex order (corner id s*(d+1) + c), each a run of the table
+    order = lattice["corners_by_vertex"]
+    simplex = torch.div(order, corners, rounding_mode="floor")
+    run_start = (order - simplex * corners) * num_points + simplex_starts[simplex]
+    sizes = points_per_simplex[simplex]
+    entry_start = torch.cumsum(sizes, 0) - sizes
+    total = num_points * corners
+    entry = torch.arange(total, device=weights.device)
+    entry += torch.repeat_interleave(run_start - entry_start, sizes, output_size=total)
+    # bag offsets per vertex; the empty vertex M gets an empty bag at the end
+    starts = F.pad(entry_start[lattice["vertex_starts"]], (0, 1), value=total)
+    return table_points[entry], table_weights[entry], starts
