@@ -1,5 +1,10 @@
-"""`make demo`: DeepLab v3+ (ResNet-18) trained on the synthetic scenes on a CPU in about
-three minutes, evaluated on the held-out synthetic split, with overlays and a picture."""
+"""`make demo`: DeepLab v3+ (ResNet-18) trained on the synthetic scenes on a CPU in under
+three minutes, evaluated on the held-out synthetic split, with overlays and a picture.
+
+The demo keeps the paper's architecture (output stride 16, ASPP rates 6/12/18, multi-grid,
+48-channel low-level projection) with one named deviation for speed on two CPU cores:
+`decoder_channels=128` (the paper's decoder has 256), which halves the cost of a step.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +30,9 @@ def demo_config(out: str, iters: int | None = None, progress: bool = True) -> Tr
         backbone="resnet18",
         dataset="synthetic",
         out=out,
-        iters=iters or 150,
-        batch_size=16,
+        model_options={"decoder_channels": 128},
+        iters=iters or 300,
+        batch_size=8,
         crop_size=128,
         scale_min=0.75,
         scale_max=1.5,
