@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -142,6 +143,7 @@ def main() -> None:
         return statistics.median(values) if values else None
 
     summary = dict(
+        command=" ".join(["benchmarks/crf.py", *sys.argv[1:]]),
         size="480x360", classes=NUM_CLASSES, iterations=args.iterations, images=len(rows),
         threads=args.threads, unaries="checkpoint" if model is not None else "stand-in",
         parameters=PARAMS, conv_filter_size=conv.filter_size, conv_blur=conv.blur,
