@@ -86,6 +86,13 @@ def load_weights_file(module: nn.Module, path: str, *, strict_prefixes: Sequence
             f"({tuple(usable[bad[0]].shape)} vs {tuple(own[bad[0]].shape)})"
         )
     missing = [k for k in own if k not in usable and not k.endswith("num_batches_tracked")]
+    # keys of a head the backbone lacks (fc, classifier) are fine; extra keys inside the
+    # backbone's own modules mean another architecture (e.g. ResNet-34 weights for ResNet-18)
+    own_modules = {k.split(".")[0] for k in own}
+    foreign = [k for k in state if k not in own and k.split(".")[0] in own_modules]
+    if foreign:
+        raise ValueError(f"pretrained_backbone {path}: tensor {foreign[0]} has no place in this backbone "
+                         "(weights of another architecture?)")
     if missing:
         raise ValueError(f"pretrained_backbone {path}: missing {len(missing)} tensors, e.g. {missing[0]}")
     module.load_state_dict(usable, strict=False)
