@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from atrous.data import DATASETS, DataError
-from atrous.engine.errors import UserError
+from atrous.engine import DATASETS, DataError, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -164,9 +164,20 @@ def _train_config(args: argparse.Namespace):
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     values: dict[str, Any] = {}
+    flags = vars(args)
+    if flags.get("resume") and flags.get("out"):
+        # --resume continues the run as it was configured: no need to repeat its flags
+        saved = os.path.join(flags["out"], "config.json")
+        if os.path.isfile(saved):
+            from atrous.engine.train import RESUME_MAY_CHANGE
+
+            run_control = set(RESUME_MAY_CHANGE)  # how the first run was driven is not inherited
+            values.update({k: v for k, v in _read_config(saved, fields).items() if k not in run_control})
     if getattr(args, "config", None):
         values.update(_read_config(args.config, fields))
-    flags = vars(args)
+    if "iters" in flags or "epochs" in flags:  # a budget flag replaces the config's budget
+        values.pop("iters", None)
+        values.pop("epochs", None)
     model_options = dict(values.get("model_options") or {})
     model_options.update(dict(flags.pop("model_opt", None) or []))
     values.update({k: v for k, v in flags.items() if k in fields})
@@ -178,8 +189,6 @@ def _train_config(args: argparse.Namespace):
 
 
 def _read_config(path: str, fields: set[str]) -> dict[str, Any]:
-    import os
-
     import yaml
 
     if not os.path.isfile(path):
@@ -199,7 +208,7 @@ def _read_config(path: str, fields: set[str]) -> dict[str, Any]:
 
 
 def _command_models(args: argparse.Namespace) -> int:
-    from atrous.models import model_summaries
+    from atrous.engine import model_summaries
 
     summaries = model_summaries()
     width = max(len(n) for n in summaries)
@@ -269,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, DataError) as err:
         if args.debug:
             raise
-        print(f"atrous {args.command}: error: {err}", file=sys.stderr)
+        print(f"atrous {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"atrous {args.command}: interrupted", file=sys.stderr)
@@ -277,10 +286,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # anything unexpected still ends in one line without --debug
         if args.debug:
             raise
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        print(f"atrous {args.command}: error: {type(err).__name__}: {first} (rerun with --debug for details)",
-              file=sys.stderr)
+        print(f"atrous {args.command}: error: {type(err).__name__}: {_one_line(err)} "
+              "(rerun with --debug for details)", file=sys.stderr)
         return 1
+
+
+def _one_line(err: BaseException) -> str:
+    """The message in one line. An error raised in a data-loading worker arrives wrapped in
+    the worker's traceback; its last line holds the original `module.Error: message`."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if len(lines) > 1 and lines[0].startswith("Caught "):
+        last = lines[-1]
+        head, sep, message = last.partition(": ")
+        return message if sep and "." in head and " " not in head else last
+    return lines[0]
 
 
 if __name__ == "__main__":

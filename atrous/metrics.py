@@ -31,7 +31,7 @@ class ConfusionMatrix:
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         if pred.shape != target.shape:
             raise ValueError(f"prediction shape {tuple(pred.shape)} != target shape {tuple(target.shape)}")
-        pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+        pred, target = pred.reshape(-1).long(), target.reshape(-1).long().to(pred.device)
         keep = target != self.ignore_index
         pred, target = pred[keep], target[keep]
         k = self.num_classes

@@ -161,3 +161,69 @@ def test_real_process_exit_code_and_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert_one_line_error(result.stderr, "checkpoint not found")
+
+
+def test_predict_never_replaces_an_input(capsys, tmp_path, tiny_checkpoint):
+    image = tmp_path / "a.png"
+    Image.fromarray(np.full((20, 20, 3), 50, np.uint8)).save(image)
+    before = image.read_bytes()
+    code, _, err = run(capsys, "predict", "--checkpoint", str(tiny_checkpoint), str(image), "--out", str(tmp_path))
+    assert code == 2
+    assert_one_line_error(err, "would replace an input image")
+    assert image.read_bytes() == before
+    other = tmp_path / "a_overlay.jpg"
+    Image.fromarray(np.full((20, 20, 3), 50, np.uint8)).save(other)
+    code, _, err = run(capsys, "predict", "--checkpoint", str(tiny_checkpoint), str(image), str(other),
+                       "--out", str(tmp_path / "o"))
+    assert_one_line_error(err, "two outputs would be written", "a_overlay.png")
+
+
+def test_resume_takes_the_saved_configuration(capsys, tmp_path):
+    out = str(tmp_path / "run")
+    common = ["--dataset", "synthetic", "--synthetic-size", "64", "--synthetic-length", "4", "--crop-size", "64",
+              "--batch-size", "2", "--eval-split", "", "--no-progress"]
+    code, _, _ = run(capsys, "train", "--model", "deeplab_v3plus", "--backbone", "resnet18", "--out", out,
+                     "--iters", "3", "--stop-after", "1", *common)
+    assert code == 0
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--lr", "0.5", "--no-progress")
+    assert code == 2
+    assert_one_line_error(err, "trained with lr=None, not 0.5")
+    code, out_text, _ = run(capsys, "train", "--out", out, "--resume", "--no-progress")
+    assert code == 0 and "trained 3/3 iterations" in out_text
+
+
+def test_config_values_are_type_checked(capsys, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: unet\ndataset: synthetic\nout: x\nbatch_size: '8'\n")
+    code, _, err = run(capsys, "train", "--config", str(config))
+    assert code == 2
+    assert_one_line_error(err, "--batch-size must be a whole number")
+    config.write_text("model: unet\ndataset: synthetic\nout: x\nepochs: 2\n")
+    code, _, err = run(capsys, "train", "--config", str(config), "--iters", "0")
+    assert_one_line_error(err, "--iters must be at least 1")  # the flag's budget replaced the file's
+
+
+def test_batch_of_one_with_batch_norm_names_the_option(capsys, tmp_path):
+    code, _, err = run(capsys, "train", "--model", "deeplab_v3", "--backbone", "resnet18", "--dataset", "synthetic",
+                       "--synthetic-size", "64", "--synthetic-length", "2", "--crop-size", "64", "--batch-size", "1",
+                       "--iters", "1", "--out", str(tmp_path / "o"), "--no-progress")
+    assert code == 2
+    assert_one_line_error(err, "--batch-size 1")
+
+
+def test_worker_errors_stay_one_line(capsys, tmp_path):
+    root = _folder_dataset(tmp_path / "bad", label=9)
+    code, _, err = run(capsys, "train", "--model", "unet", "--model-opt", "base_channels=4", "--dataset", "folder",
+                       "--data-root", str(root), "--out", str(tmp_path / "o"), "--iters", "1", "--crop-size", "16",
+                       "--batch-size", "2", "--workers", "1", "--no-progress")
+    assert code == 2
+    assert_one_line_error(err, "x.png", "label values [9]")
+
+
+def test_folder_void_value_becomes_255(tmp_path):
+    from atrous.data import FolderDataset
+
+    root = _folder_dataset(tmp_path / "void", label=1)
+    (root / "classes.json").write_text(json.dumps({"classes": ["a", "b"], "ignore_index": 1}))
+    _, mask = FolderDataset(str(root))[0]
+    assert mask[0, 0] == 255 and mask.max() == 255 and set(mask.unique().tolist()) == {0, 255}

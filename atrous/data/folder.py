@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 
+import numpy as np
 import torch
 
 from atrous.data.io import DataError, check_pair, read_image, read_mask
@@ -28,7 +29,7 @@ class FolderDataset(torch.utils.data.Dataset):
         for folder in (self.image_dir, self.mask_dir):
             if not os.path.isdir(folder):
                 raise DataError(f"folder dataset needs {folder} (images/ and masks/ with matching names)")
-        self.info = _read_info(root, num_classes)
+        self.info, self.source_void = _read_info(root, num_classes)
         self.items = _pair_files(self.image_dir, self.mask_dir)
 
     def __len__(self) -> int:
@@ -37,9 +38,11 @@ class FolderDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.items[index]
         image = read_image(image_path)
+        mask = read_mask(mask_path)
+        if self.source_void != IGNORE_INDEX:  # void is 255 in every atrous dataset
+            mask = np.where(mask == self.source_void, IGNORE_INDEX, mask)
         return image, check_pair(
-            image, read_mask(mask_path), num_classes=self.info.num_classes,
-            ignore_index=self.info.ignore_index, mask_path=mask_path,
+            image, mask, num_classes=self.info.num_classes, ignore_index=IGNORE_INDEX, mask_path=mask_path,
         )
 
 
@@ -52,7 +55,8 @@ def _split_folder(root: str, split: str | None) -> str:
     raise DataError(f"folder dataset {root} has no '{split}' split (expected {os.path.join(root, split)})")
 
 
-def _read_info(root: str, num_classes: int | None) -> DatasetInfo:
+def _read_info(root: str, num_classes: int | None) -> tuple[DatasetInfo, int]:
+    """The dataset's classes and the void value its masks use (mapped to 255)."""
     path = os.path.join(root, "classes.json")
     if os.path.isfile(path):
         try:
@@ -61,11 +65,17 @@ def _read_info(root: str, num_classes: int | None) -> DatasetInfo:
             names = tuple(spec["classes"])
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             raise DataError(f"{path}: expected {{\"classes\": [...]}}: {err}") from err
-        palette = tuple(tuple(c) for c in spec.get("palette", default_palette(len(names))))
-        return DatasetInfo("folder", names, palette, ignore_index=int(spec.get("ignore_index", IGNORE_INDEX)))
+        palette = spec.get("palette", default_palette(len(names)))
+        if len(palette) != len(names) or any(len(c) != 3 for c in palette):
+            raise DataError(f"{path}: 'palette' needs one [r, g, b] per class ({len(names)} classes)")
+        void = int(spec.get("ignore_index", IGNORE_INDEX))
+        return DatasetInfo("folder", names, tuple(tuple(int(v) for v in c) for c in palette)), void
     if num_classes is None:
         raise DataError(f"folder dataset {root} has no classes.json; add one or pass --num-classes")
-    return DatasetInfo("folder", tuple(f"class_{i}" for i in range(num_classes)), default_palette(num_classes))
+    if num_classes < 1:
+        raise DataError(f"--num-classes must be at least 1, got {num_classes}")
+    names = tuple(f"class_{i}" for i in range(num_classes))
+    return DatasetInfo("folder", names, default_palette(num_classes)), IGNORE_INDEX
 
 
 def _pair_files(image_dir: str, mask_dir: str) -> list[tuple[str, str]]:

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class DataError(ValueError):
@@ -25,14 +25,22 @@ def _open(path: str, what: str) -> Image.Image:
 
 
 def read_image(path: str) -> torch.Tensor:
-    """An RGB image as uint8 (3, H, W); greyscale and palette images are converted."""
-    image = _open(path, "image").convert("RGB")
+    """An RGB image as uint8 (3, H, W); greyscale, 16-bit and palette images are converted,
+    EXIF orientation is applied."""
+    image = ImageOps.exif_transpose(_open(path, "image"))
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float: scale to 8 bits
+        values = np.asarray(image, dtype=np.float64)
+        peak = values.max() if values.max() > 0 else 1.0
+        image = Image.fromarray((values * (255.0 / max(peak, 255.0))).round().astype(np.uint8))
+    image = image.convert("RGB")
     return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def read_mask(path: str) -> np.ndarray:
     """A label image as uint8 (H, W) class indices: 'L' or 'P' (palette indices) PNGs."""
     mask = _open(path, "mask")
+    if mask.mode == "1":
+        return np.asarray(mask, dtype=np.uint8)  # a binary mask: classes 0 and 1
     if mask.mode not in ("L", "P", "I", "I;16"):
         raise DataError(
             f"mask {path} is a {mask.mode} image; masks must hold class indices "
@@ -50,7 +58,7 @@ def check_pair(image: torch.Tensor, mask: np.ndarray, *, num_classes: int, ignor
             f"{image.shape[-1]}x{image.shape[-2]}"
         )
     values = np.unique(mask)
-    bad = values[(values >= num_classes) & (values != ignore_index)]
+    bad = values[((values >= num_classes) | (values < 0)) & (values != ignore_index)]
     if bad.size:
         raise DataError(
             f"mask {mask_path} has label values {bad.tolist()[:5]} outside 0..{num_classes - 1} "

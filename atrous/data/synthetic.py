@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+from atrous.data.io import DataError
 from atrous.data.meta import DatasetInfo
 
 SYNTHETIC_INFO = DatasetInfo(
@@ -72,9 +73,9 @@ class SyntheticScenes(torch.utils.data.Dataset):
     def __init__(self, split: str = "train", *, length: int | None = None, size: int = 128,
                  seed: int = 0, cache: bool = True) -> None:
         if split not in _SPLIT_SEEDS:
-            raise ValueError(f"synthetic split must be one of {list(_SPLIT_SEEDS)}, got '{split}'")
+            raise DataError(f"synthetic split must be one of {list(_SPLIT_SEEDS)}, got '{split}'")
         if size < 32:
-            raise ValueError(f"synthetic image size must be at least 32, got {size}")
+            raise DataError(f"--synthetic-size must be at least 32, got {size}")
         self.split = split
         self.size = size
         self.seed = seed

@@ -29,10 +29,25 @@ def save_checkpoint(model: SegmentationModel, path: str, **meta: Any) -> None:
     be JSON-serialisable."""
     if not getattr(model, "config", None):
         raise ValueError("save_checkpoint needs a model built by atrous.create_model")
-    header = {"format": FORMAT_VERSION, "model": model.config, "meta": {**model.meta, **meta}}
+    meta = {**_default_meta(model.num_classes), **model.meta, **meta}
+    if len(meta["class_names"]) != model.num_classes:
+        raise ValueError(f"{len(meta['class_names'])} class names for a model of {model.num_classes} classes")
+    header = {"format": FORMAT_VERSION, "model": model.config, "meta": meta}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     metadata = {"atrous": json.dumps(header)}
     write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def _default_meta(num_classes: int) -> dict[str, Any]:
+    """What a checkpoint of a model never trained by atrous' engine still carries."""
+    from atrous.data import IMAGENET_MEAN, IMAGENET_STD, default_palette
+
+    return {
+        "class_names": [f"class_{i}" for i in range(num_classes)],
+        "palette": [list(c) for c in default_palette(num_classes)],
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
+    }
 
 
 def read_checkpoint_header(path: str) -> dict[str, Any]:

@@ -21,16 +21,40 @@ def atomic_path(path: str) -> Iterator[str]:
         yield tmp
         with open(tmp, "rb") as written:
             os.fsync(written.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_atomic(path: str, write: Callable[[str], None]) -> None:
     """Calls `write(tmp_path)` and moves the result to `path` atomically."""
     with atomic_path(path) as tmp:
         write(tmp)
+
+
+def write_json_atomic(path: str, data: object) -> None:
+    """JSON with NaN written as null (strict JSON has no NaN)."""
+    import json
+    import math
+
+    def clean(value: object) -> object:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [clean(v) for v in value]
+        return value
+
+    write_text_atomic(path, json.dumps(clean(data), indent=2))
 
 
 def write_text_atomic(path: str, text: str) -> None:

@@ -38,6 +38,19 @@ def _save_png(image: Image.Image, path: str) -> None:
     write_atomic(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
+def _check_outputs(inputs: Sequence[str], stems: list[str], out_dir: str) -> None:
+    """No output may replace an input or another output (`a_overlay.png` vs `a`'s overlay)."""
+    outputs = [os.path.join(out_dir, f"{stem}{suffix}.png") for stem in stems for suffix in ("", "_overlay")]
+    resolved = [os.path.abspath(p) for p in outputs]
+    if len(set(resolved)) != len(resolved):
+        clash = next(p for p in resolved if resolved.count(p) > 1)
+        raise UserError(f"two outputs would be written to {clash}; rename an input or use another --out")
+    sources = {os.path.abspath(p) for p in inputs}
+    for path in resolved:
+        if path in sources:
+            raise UserError(f"writing {path} would replace an input image; choose another --out")
+
+
 def predict(
     model: SegmentationModel,
     inputs: Sequence[str],
@@ -53,6 +66,7 @@ def predict(
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
         raise UserError(f"two inputs share the name '{duplicates[0]}'; their outputs would overwrite each other")
+    _check_outputs(inputs, stems, out_dir)
     try:
         images = [read_image(path) for path in inputs]
     except DataError as err:

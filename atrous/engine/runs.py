@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from argparse import Namespace
 from typing import Any
@@ -14,7 +13,7 @@ from atrous.engine.checkpoint import load_checkpoint
 from atrous.engine.common import resolve_device
 from atrous.engine.errors import UserError
 from atrous.engine.evaluate import evaluate, format_table
-from atrous.engine.files import write_text_atomic
+from atrous.engine.files import write_json_atomic
 from atrous.engine.predict import predict
 from atrous.models import SegmentationModel
 
@@ -115,7 +114,7 @@ def run_eval(args: Namespace) -> dict[str, Any]:
     metrics["crf"] = args.crf
     print(format_table(metrics))
     if args.json:
-        write_text_atomic(args.json, json.dumps(metrics, indent=2))
+        write_json_atomic(args.json, metrics)
     return metrics
 
 

@@ -31,7 +31,7 @@ from atrous.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from atrous.engine.checkpoint import save_checkpoint
 from atrous.engine.common import autocast, model_meta, resolve_device
 from atrous.engine.errors import UserError
-from atrous.engine.files import write_atomic, write_text_atomic
+from atrous.engine.files import write_atomic, write_json_atomic, write_text_atomic
 from atrous.models import SegmentationModel, create_model
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -87,11 +87,12 @@ class TrainConfig:
     progress: bool = True
 
     def validate(self) -> None:
+        self._check_types()
         if self.optimizer not in OPTIMIZERS:
             raise UserError(f"--optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'")
         if self.class_weights not in CLASS_WEIGHTINGS:
             raise UserError(f"--class-weights must be one of {CLASS_WEIGHTINGS}, got '{self.class_weights}'")
-        for name in ("batch_size", "iters", "crop_size", "stop_after", "checkpoint_every"):
+        for name in ("batch_size", "iters", "crop_size", "stop_after", "checkpoint_every", "eval_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -103,6 +104,30 @@ class TrainConfig:
             raise UserError(f"--scale-min/--scale-max must satisfy 0 < min <= max, got {self.scale_min}, {self.scale_max}")
         if self.lr is not None and self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+
+    def _check_types(self) -> None:
+        """Config files can hold anything: numbers and switches must be what they claim."""
+        for spec in dataclasses.fields(self):
+            value, default = getattr(self, spec.name), spec.default
+            if value is None or default is dataclasses.MISSING:
+                continue
+            option = f"--{spec.name.replace('_', '-')}"
+            if isinstance(default, bool) and not isinstance(value, bool):
+                raise UserError(f"{option} must be true or false, got {value!r}")
+            if isinstance(default, float) and (isinstance(value, bool) or not isinstance(value, int | float)):
+                raise UserError(f"{option} must be a number, got {value!r}")
+            if isinstance(default, int) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, int)
+            ):
+                raise UserError(f"{option} must be a whole number, got {value!r}")
+            if isinstance(default, str) and not isinstance(value, str):
+                raise UserError(f"{option} must be text, got {value!r}")
+        for name in ("iters", "crop_size", "stop_after", "num_classes", "output_stride", "synthetic_length"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+                raise UserError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
+        if not isinstance(self.model_options, dict):
+            raise UserError(f"model_options must be a mapping, got {self.model_options!r}")
 
     @property
     def base_lr(self) -> float:
@@ -182,9 +207,10 @@ def _config_json(cfg: TrainConfig) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(cfg)))
 
 
-# the options that must not change between a run and its --resume
-_RESUME_FIXED = ("model", "dataset", "backbone", "output_stride", "model_options", "batch_size", "seed",
-                 "crop_size", "optimizer")
+# the options that may differ between a run and its --resume; any other change would make
+# the resumed run differ from one that never stopped
+RESUME_MAY_CHANGE = ("resume", "overwrite", "stop_after", "device", "workers", "progress", "checkpoint_every",
+                     "eval_split", "eval_batch_size", "out")
 
 
 class Trainer:
@@ -225,6 +251,10 @@ class Trainer:
                 f"{self.model_path} already exists; pass --resume to continue it, --overwrite to replace it, "
                 "or choose another --out"
             )
+        elif cfg.overwrite:  # a new run: the old run's state, log and metrics must not mix in
+            for stale in (self.state_path, self.log_path, os.path.join(cfg.out, "metrics.json")):
+                if os.path.exists(stale):
+                    os.remove(stale)
 
     def _build_model(self) -> SegmentationModel:
         cfg = self.cfg
@@ -263,6 +293,7 @@ class Trainer:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "epoch_loss": list(self.epoch_loss),
             "elapsed": self.elapsed,
             "config": _config_json(self.cfg),
@@ -283,14 +314,16 @@ class Trainer:
             raise UserError(f"--resume: cannot read {self.state_path}: {str(err).splitlines()[0]}") from err
         saved = state["config"]
         current = _config_json(self.cfg)
-        for key in _RESUME_FIXED:
-            if saved.get(key) != current.get(key):
+        for key in current:
+            if key not in RESUME_MAY_CHANGE and saved.get(key) != current.get(key):
                 raise UserError(
                     f"--resume: {self.cfg.out} was trained with {key}={saved.get(key)!r}, not {current.get(key)!r}"
                 )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"].cpu())
+        if state.get("cuda_rng") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
         self.step = int(state["step"])
         self.epoch_loss = list(state["epoch_loss"])
         self.elapsed = float(state["elapsed"])
@@ -298,6 +331,17 @@ class Trainer:
             self.adversary.load_state_dict(state["adversary"])
         if self.step >= self.total:
             raise UserError(f"--resume: {self.cfg.out} already finished {self.step} of {self.total} iterations")
+        self._truncate_log()
+
+    def _truncate_log(self) -> None:
+        """Drop log lines written after the restored checkpoint (a crash between the two)."""
+        if not os.path.isfile(self.log_path):
+            return
+        with open(self.log_path) as handle:
+            records = [json.loads(line) for line in handle if line.strip()]
+        kept = [r for r in records if r.get("step", 0) <= self.step]
+        if len(kept) != len(records):
+            write_text_atomic(self.log_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     # --- loop ----------------------------------------------------------------------------
     def _loader(self) -> torch.utils.data.DataLoader:
@@ -372,6 +416,10 @@ class Trainer:
             if "stack expects each tensor to be equal size" in str(err):
                 raise UserError("training images differ in size; pass --crop-size") from err
             raise
+        except ValueError as err:
+            if "Expected more than 1 value per channel" in str(err):
+                raise UserError(f"--batch-size {cfg.batch_size}: batch norm needs at least 2 images per batch") from err
+            raise
         finally:
             bar.close()
         finished = self.step >= self.total
@@ -387,22 +435,32 @@ class Trainer:
         self.epoch_loss = [0.0, 0]
 
 
+def _eval_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset | None:
+    """The split evaluated after training; None when not asked for, or when a folder or
+    CamVid dataset has no such split (an unknown synthetic split is an error)."""
+    if not cfg.eval_split:
+        return None
+    try:
+        return build_dataset(cfg.dataset, cfg.eval_split, data_root=cfg.data_root, num_classes=cfg.num_classes,
+                             synthetic_size=cfg.synthetic_size)
+    except DataError:
+        if cfg.dataset == "synthetic":
+            raise
+        return None
+
+
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, then evaluate on `cfg.eval_split` (when the dataset has it) and write
     metrics.json. Returns {"train": summary, "val": metrics or None}."""
     trainer = Trainer(cfg)
+    dataset = _eval_dataset(cfg)  # before training, so that a bad split fails at once
     summary = trainer.run()
     result: dict[str, Any] = {"train": summary, cfg.eval_split or "val": None}
-    if summary["finished"] and cfg.eval_split:
+    if summary["finished"] and dataset is not None:
         from atrous.engine.evaluate import evaluate
 
-        try:
-            dataset = build_dataset(cfg.dataset, cfg.eval_split, data_root=cfg.data_root, num_classes=cfg.num_classes,
-                                    synthetic_size=cfg.synthetic_size)
-        except DataError:
-            dataset = None  # no validation split: nothing to evaluate
-        if dataset is not None and len(dataset):
+        if len(dataset):
             result[cfg.eval_split] = evaluate(trainer.model, dataset, batch_size=cfg.eval_batch_size,
                                               precision=cfg.precision, progress=cfg.progress)
-    write_text_atomic(os.path.join(cfg.out, "metrics.json"), json.dumps(result, indent=2))
+    write_json_atomic(os.path.join(cfg.out, "metrics.json"), result)
     return result
