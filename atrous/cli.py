@@ -189,17 +189,9 @@ def _train_config(args: argparse.Namespace):
 
 
 def _read_config(path: str, fields: set[str]) -> dict[str, Any]:
-    import yaml
+    from atrous.engine.common import read_mapping_file
 
-    if not os.path.isfile(path):
-        raise UserError(f"--config file not found: {path}")
-    try:
-        with open(path) as handle:
-            data = yaml.safe_load(handle) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"--config {path} is not valid YAML: {str(err).splitlines()[0]}") from err
-    if not isinstance(data, dict):
-        raise UserError(f"--config {path} must hold a mapping of option: value")
+    data = read_mapping_file(path, "--config")
     data = {str(k).replace("-", "_"): v for k, v in data.items()}
     unknown = sorted(set(data) - fields)
     if unknown:

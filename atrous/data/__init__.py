@@ -9,12 +9,16 @@ import torch
 from atrous.data.camvid import CAMVID_INFO, CamVid, median_frequency_weights
 from atrous.data.folder import FolderDataset
 from atrous.data.io import DataError, read_image, read_mask
+from atrous.data.isbi import ISBI2012, ISBI_INFO
 from atrous.data.meta import IGNORE_INDEX, DatasetInfo, default_palette
 from atrous.data.synthetic import SYNTHETIC_INFO, SyntheticScenes
 from atrous.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 
-DATASETS = ("synthetic", "camvid", "folder")
-DEFAULT_ROOTS = {"camvid": os.path.join("..", "shared", "data", "camvid")}
+DATASETS = ("synthetic", "camvid", "folder", "isbi2012")
+DEFAULT_ROOTS = {
+    "camvid": os.path.join("..", "shared", "data", "camvid"),
+    "isbi2012": os.path.join("..", "shared", "data", "isbi2012"),
+}
 
 
 def build_dataset(
@@ -35,6 +39,8 @@ def build_dataset(
         if data_root is None:
             raise DataError("--dataset folder needs --data-root DIR (with images/ and masks/)")
         return FolderDataset(data_root, split, num_classes=num_classes)
+    if name == "isbi2012":
+        return ISBI2012(data_root or DEFAULT_ROOTS["isbi2012"], split)
     raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(DATASETS)}")
 
 
@@ -44,11 +50,13 @@ __all__ = [
     "IGNORE_INDEX",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "ISBI_INFO",
     "SYNTHETIC_INFO",
     "CamVid",
     "DataError",
     "DatasetInfo",
     "FolderDataset",
+    "ISBI2012",
     "SyntheticScenes",
     "build_dataset",
     "default_palette",

@@ -15,6 +15,24 @@ from atrous.engine.errors import UserError
 PRECISIONS = ("fp32", "bf16")
 
 
+def read_mapping_file(path: str, option: str) -> dict[str, Any]:
+    """A YAML (or JSON) file holding a mapping, with one-line errors naming `option`."""
+    import os
+
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UserError(f"{option} file not found: {path}")
+    try:
+        with open(path) as handle:
+            data = yaml.safe_load(handle) or {}
+    except yaml.YAMLError as err:
+        raise UserError(f"{option} {path} is not valid YAML/JSON: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise UserError(f"{option} {path} must hold a mapping of name: value")
+    return data
+
+
 def resolve_device(device: str | None) -> torch.device:
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

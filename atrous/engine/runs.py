@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from argparse import Namespace
 from typing import Any
 
@@ -10,7 +9,7 @@ import torch
 
 from atrous.data import build_dataset
 from atrous.engine.checkpoint import load_checkpoint
-from atrous.engine.common import resolve_device
+from atrous.engine.common import read_mapping_file, resolve_device
 from atrous.engine.errors import UserError
 from atrous.engine.evaluate import evaluate, format_table
 from atrous.engine.files import write_json_atomic
@@ -19,18 +18,7 @@ from atrous.models import SegmentationModel
 
 
 def _read_params(path: str) -> dict[str, Any]:
-    import yaml
-
-    if not os.path.isfile(path):
-        raise UserError(f"--crf-params file not found: {path}")
-    try:
-        with open(path) as handle:
-            params = yaml.safe_load(handle) or {}
-    except yaml.YAMLError as err:
-        raise UserError(f"--crf-params {path} is not valid YAML/JSON: {str(err).splitlines()[0]}") from err
-    if not isinstance(params, dict):
-        raise UserError(f"--crf-params {path} must hold a mapping of parameter: value")
-    return params
+    return read_mapping_file(path, "--crf-params")
 
 
 def build_crf(kind: str, model: SegmentationModel, params_path: str | None = None) -> torch.nn.Module | None:

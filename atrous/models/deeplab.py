@@ -40,7 +40,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.backbones import VGG16, create_backbone
+from atrous.backbones import VGG16, Backbone, create_backbone
 from atrous.layers import ASPP, ASPPSum, ConvBNReLU, FCNHead, conv_bn_relu, resize_like
 from atrous.models.base import SegmentationModel
 from atrous.models.fcn import VGG_BACKBONES, vgg_fc_as_conv
@@ -167,6 +167,32 @@ class DeepLabV2(SegmentationModel):
         return outputs
 
 
+def deeplab_encoder(
+    backbone: str | None,
+    in_channels: int,
+    output_stride: int,
+    pretrained: str | None,
+    multi_grid: Sequence[int] | None,
+    aspp_channels: int,
+    aspp_dropout: float,
+    separable: bool,
+) -> tuple[Backbone, ASPP]:
+    """The DeepLab v3 encoder shared by v3 and v3+: a backbone at `output_stride` (with
+    multi-grid on ResNets) and ASPP at the paper's rates for that stride."""
+    backbone = backbone or DEFAULT_BACKBONE
+    features = create_backbone(
+        backbone,
+        in_channels=in_channels,
+        output_stride=output_stride,
+        multi_grid=_multi_grid_for(backbone, multi_grid),
+        pretrained=pretrained,
+    )
+    aspp = ASPP(
+        features.channels[-1], aspp_rates(output_stride), aspp_channels, separable=separable, dropout=aspp_dropout
+    )
+    return features, aspp
+
+
 @register_model("deeplab_v3", "DeepLab v3 (Chen et al. 2017): ResNet, ASPP with image pooling, multi-grid, OS 16/8")
 class DeepLabV3(SegmentationModel):
     """DeepLab v3: backbone -> ASPP -> 1x1 classifier (logits at the output stride)."""
@@ -187,22 +213,9 @@ class DeepLabV3(SegmentationModel):
         aux_head: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels)
-        backbone = backbone or DEFAULT_BACKBONE
-        output_stride = output_stride or 16
-        self.divisor = output_stride
-        self.backbone = create_backbone(
-            backbone,
-            in_channels=in_channels,
-            output_stride=output_stride,
-            multi_grid=_multi_grid_for(backbone, multi_grid),
-            pretrained=pretrained_backbone,
-        )
-        self.aspp = ASPP(
-            self.backbone.channels[-1],
-            aspp_rates(output_stride),
-            aspp_channels,
-            separable=separable,
-            dropout=aspp_dropout,
+        self.divisor = output_stride or 16
+        self.backbone, self.aspp = deeplab_encoder(
+            backbone, in_channels, self.divisor, pretrained_backbone, multi_grid, aspp_channels, aspp_dropout, separable
         )
         self.head_conv = ConvBNReLU(aspp_channels, aspp_channels) if head_conv else nn.Identity()
         self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
@@ -264,26 +277,13 @@ class DeepLabV3Plus(SegmentationModel):
         decoder_channels: int = 256,
     ) -> None:
         super().__init__(num_classes, in_channels)
-        backbone = backbone or DEFAULT_BACKBONE
-        output_stride = output_stride or 16
-        self.divisor = output_stride
-        self.backbone = create_backbone(
-            backbone,
-            in_channels=in_channels,
-            output_stride=output_stride,
-            multi_grid=_multi_grid_for(backbone, multi_grid),
-            pretrained=pretrained_backbone,
+        self.divisor = output_stride or 16
+        self.backbone, self.aspp = deeplab_encoder(
+            backbone, in_channels, self.divisor, pretrained_backbone, multi_grid, aspp_channels, aspp_dropout, separable
         )
         if 4 not in self.backbone.reductions:
             raise ValueError(f"backbone '{backbone}' has no stride-4 features for the v3+ decoder")
         self._low_level_index = self.backbone.reductions.index(4)
-        self.aspp = ASPP(
-            self.backbone.channels[-1],
-            aspp_rates(output_stride),
-            aspp_channels,
-            separable=separable,
-            dropout=aspp_dropout,
-        )
         self.decoder = DeepLabV3PlusDecoder(
             self.backbone.channels[self._low_level_index],
             aspp_channels,
