@@ -1,0 +1,60 @@
+"""ISBI 2012 EM segmentation challenge data (Arganda-Carreras et al. 2015), the U-Net
+paper's first dataset (Ronneberger et al. 2015, Sec. 4).
+
+`<root>/image/<n>.png`: greyscale serial-section EM slices (read as 3 equal RGB channels,
+like every atrous image, so the engine's normalisation and models apply unchanged);
+`<root>/label/<n>.png`: 0 = membrane -> class 0, 255 = cell interior -> class 1.
+
+No labelled test set is public, so slices are held out: `train` = slices 0-24,
+`val` = slices 25-29, `all` = 0-29.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from atrous.data.io import DataError, check_pair, read_image, read_mask
+from atrous.data.meta import IGNORE_INDEX, DatasetInfo
+
+ISBI_INFO = DatasetInfo(
+    name="isbi2012",
+    class_names=("membrane", "cell"),
+    palette=((0, 0, 0), (255, 255, 255)),
+)
+ISBI_SPLITS = {"train": range(0, 25), "val": range(25, 30), "all": range(0, 30)}
+SOURCE_CELL = 255  # label PNG value of cell interior; membrane is 0
+
+
+class ISBI2012(torch.utils.data.Dataset):
+    info = ISBI_INFO
+
+    def __init__(self, root: str, split: str = "train") -> None:
+        if not os.path.isdir(root):
+            raise DataError(f"ISBI 2012 folder not found: {root} (pass --data-root)")
+        if split not in ISBI_SPLITS:
+            raise DataError(f"isbi2012 has no '{split}' split; choose one of: {', '.join(ISBI_SPLITS)}")
+        self.root = root
+        self.split = split
+        self.items = [
+            (os.path.join(root, "image", f"{n}.png"), os.path.join(root, "label", f"{n}.png"))
+            for n in ISBI_SPLITS[split]
+        ]
+        missing = [path for pair in self.items for path in pair if not os.path.isfile(path)]
+        if missing:
+            raise DataError(f"ISBI 2012 file not found: {missing[0]} ({len(missing)} missing in split '{split}')")
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image_path, mask_path = self.items[index]
+        image = read_image(image_path)
+        source = read_mask(mask_path)
+        bad = np.setdiff1d(np.unique(source), (0, SOURCE_CELL))
+        if bad.size:
+            raise DataError(f"mask {mask_path} has values {bad.tolist()[:5]}; ISBI labels are 0 (membrane) or 255 (cell)")
+        mask = (source == SOURCE_CELL).astype(np.uint8)
+        return image, check_pair(image, mask, num_classes=2, ignore_index=IGNORE_INDEX, mask_path=mask_path)
