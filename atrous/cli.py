@@ -132,6 +132,19 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--no-progress", dest="progress", action="store_false")
     _add_crf_arguments(pr)
 
+    ex = commands.add_parser("export", help="export a checkpoint to ONNX or TorchScript, its metadata inside")
+    ex.add_argument("--checkpoint", required=True)
+    ex.add_argument("--out", required=True, help="file to write (.onnx, .pt or .torchscript)")
+    ex.add_argument("--format", choices=("onnx", "torchscript"), help="default: from the suffix of --out")
+    ex.add_argument("--height", type=int, default=512, help="example input height (the input size with --static)")
+    ex.add_argument("--width", type=int, default=512, help="example input width (the input size with --static)")
+    ex.add_argument("--opset", type=int, help="ONNX opset (default 17)")
+    shape = ex.add_mutually_exclusive_group()
+    shape.add_argument("--dynamic", dest="dynamic", action="store_true", default=True,
+                       help="any batch size, height and width (default)")
+    shape.add_argument("--static", dest="dynamic", action="store_false",
+                       help="exactly (1, C, --height, --width)")
+
     fit = commands.add_parser("fit-crf", help="fit CRF parameters on a frozen model's outputs (decoupled training)")
     fit.add_argument("--checkpoint", required=True)
     fit.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
@@ -239,6 +252,15 @@ def _command_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_export(args: argparse.Namespace) -> int:
+    from atrous.engine.export import run_export
+
+    fmt = run_export(args.checkpoint, args.out, fmt=args.format, example_size=(args.height, args.width),
+                     dynamic=args.dynamic, opset=args.opset)
+    print(f"wrote {args.out} ({fmt}, {'dynamic' if args.dynamic else 'static'} input size)")
+    return 0
+
+
 def _command_fit_crf(args: argparse.Namespace) -> int:
     from atrous.engine.crf_fit import run_fit_crf
 
@@ -258,6 +280,7 @@ COMMANDS = {
     "train": _command_train,
     "eval": _command_eval,
     "predict": _command_predict,
+    "export": _command_export,
     "fit-crf": _command_fit_crf,
     "demo": _command_demo,
 }
