@@ -1,0 +1,106 @@
+"""The CamVid benchmark's pieces: the smp adapters, the recipes, the generated tables."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from .conftest import REPO
+
+RECIPES = sorted((REPO / "configs").glob("**/*.yaml"))
+# what the CamVid protocol fixes for every row (docs/benchmarks.md)
+PROTOCOL_KEYS = ("dataset", "iters", "batch_size", "crop_size", "scale_min", "scale_max", "optimizer", "lr",
+                 "weight_decay", "class_weights", "precision", "channels_last", "flip", "jitter", "poly_power",
+                 "warmup_iters", "seed")
+
+
+def import_benchmark(name: str):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+@pytest.mark.parametrize("name, divisor", [("smp_unet", 32), ("smp_deeplabv3plus", 16)])
+def test_smp_adapter_any_size(name: str, divisor: int) -> None:
+    pytest.importorskip("segmentation_models_pytorch", reason="smp (the bench extra) is not installed")
+    import_benchmark("smp_models")
+    import atrous
+
+    assert name in atrous.list_models()
+    torch.manual_seed(0)
+    model = atrous.create_model(name, 11, backbone="resnet18").eval()
+    assert model.divisor == divisor
+    with torch.no_grad():
+        logits = model(torch.randn(1, 3, 97, 131))
+    assert logits.shape == (1, 11, 97, 131)
+
+
+def test_smp_adapter_checkpoint_round_trip(tmp_path: Path) -> None:
+    pytest.importorskip("segmentation_models_pytorch", reason="smp (the bench extra) is not installed")
+    import_benchmark("smp_models")
+    import atrous
+
+    model = atrous.create_model("smp_deeplabv3plus", 3, backbone="resnet18", output_stride=8).eval()
+    assert model.divisor == 8
+    atrous.save_checkpoint(model, str(tmp_path / "m.safetensors"))
+    again = atrous.load_checkpoint(str(tmp_path / "m.safetensors")).eval()
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), model(x))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "configs")))
+def test_recipe_parses(path: Path) -> None:
+    """Every recipe, read by the CLI's config reader, makes a valid TrainConfig."""
+    from atrous.engine.train import TrainConfig
+
+    bench = import_benchmark("camvid")
+    values = bench.read_recipe(path)
+    cfg = TrainConfig(**values)
+    cfg.validate()
+    assert cfg.iters is not None and cfg.pretrained_backbone is None  # an iteration budget, from scratch
+    if path.parent.name == "camvid":
+        assert cfg.dataset == "camvid" and cfg.iters == bench.PROTOCOL_ITERS
+
+
+def test_camvid_recipes_share_the_protocol() -> None:
+    from atrous.engine.train import TrainConfig
+
+    bench = import_benchmark("camvid")
+    reference = TrainConfig(**bench.read_recipe(REPO / "configs/camvid/deeplab_v3plus_resnet18.yaml"))
+    camvid = [p for p in RECIPES if p.parent.name == "camvid"]
+    for path in camvid:
+        cfg = TrainConfig(**bench.read_recipe(path))
+        for key in PROTOCOL_KEYS:
+            assert getattr(cfg, key) == getattr(reference, key), f"{path.name}: {key}"
+    import atrous
+
+    covered = {TrainConfig(**bench.read_recipe(p)).model for p in camvid}
+    assert set(atrous.list_models()) - {"smp_unet", "smp_deeplabv3plus"} <= covered
+
+
+def test_generated_tables() -> None:
+    bench = import_benchmark("camvid")
+    val = {"mIoU": 0.5, "mean_accuracy": 0.6, "pixel_accuracy": 0.8, "fw_iou": 0.7,
+           "per_class_iou": [0.5] * 11, "class_names": [f"c{i}" for i in range(11)], "images": 101}
+    base = dict(backbone="resnet18", dataset="camvid", params_m=1.0, gflops=2.0, latency_ms=3.0, iters=20,
+                train_seconds=40.0, threads=1, smoke=True)
+    rows = {
+        "camvid/unet_resnet18": dict(base, recipe="camvid/unet_resnet18", model="unet", peer=False,
+                                     s_per_iter=2.0, val=val),
+        "camvid/smp_unet_resnet18": dict(base, recipe="camvid/smp_unet_resnet18", model="smp_unet", peer=True,
+                                         s_per_iter=3.0, val=val),
+        "isbi2012/unet": dict(base, recipe="isbi2012/unet", model="unet", peer=False, dataset="isbi2012",
+                              s_per_iter=1.0, val=dict(val, foreground_iou=0.9, membrane_iou=0.6, pixel_error=0.1)),
+    }
+    text = bench.generated_section({"rows": rows})
+    assert text.startswith(bench.BEGIN) and text.endswith(bench.END)
+    assert "| unet_resnet18 | smp_unet_resnet18 | 2.00 | 3.00 | 1.50 |" in text  # smp / atrous time
+    assert "| unet (smoke) | unet | 1.00 | 2.0 | 3 | 20 | 40 | 1.00 | 90.0 | 60.0 | 10.00 | 50.0 |" in text
+    assert "not results" in text
