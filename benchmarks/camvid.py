@@ -3,7 +3,7 @@ budget, evaluate every checkpoint as `atrous eval` does, measure size, FLOPs and
 
     .venv/bin/python benchmarks/camvid.py [--recipes R ...] [--iters N] [--peers]
         [--out-root DIR | --out DIR] [--skip-train] [--resume] [--overwrite]
-        [--max-images N] [--threads N] [--fresh] [--no-docs]
+        [--max-images N] [--threads N] [--fresh] [--no-docs | --docs-only]
 
 - Recipes: YAML files (paths, or names under configs/, e.g. `camvid/unet_resnet18`).
   Default: every configs/camvid/*.yaml except the smp peers, and configs/isbi2012/*.yaml;
@@ -316,8 +316,8 @@ def generated_section(results: dict[str, Any]) -> str:
     isbi = [r for r in rows if r["dataset"] == "isbi2012"]
     lines = [BEGIN, "", "Generated from benchmarks/results/camvid.json; do not edit by hand.", ""]
     if any(r["smoke"] for r in rows):
-        lines += [f"**Rows marked (smoke) are pipeline checks, not results**: a budget other than the "
-                  f"protocol's {PROTOCOL_ITERS} iterations, or a subset of the val images.", ""]
+        lines += ["**Rows marked (smoke) are pipeline checks, not results**: a budget other than the "
+                  f"recipe's (CamVid: the protocol's {PROTOCOL_ITERS} iterations), or a subset of the val images.", ""]
     threads = sorted({r["threads"] for r in rows})
     lines += [f"Measured on this project's 2-core CPU (no GPU), torch threads: {threads}; latency and "
               "s/iter are single measurements on a shared machine.", "",
@@ -359,8 +359,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
     parser.add_argument("--fresh", action="store_true", help="drop the rows already in the JSON")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
+    parser.add_argument("--docs-only", action="store_true", help="only regenerate docs/benchmarks.md from the JSON")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     args = parser.parse_args(argv)
+    if args.docs_only:
+        write_docs(load_results(fresh=False))
+        return 0
     recipes = [resolve_recipe(r) for r in args.recipes] if args.recipes else default_recipes(args.peers)
     if args.peers and args.recipes:
         recipes += [p for p in default_recipes(True) if is_peer(p) and p not in recipes]
