@@ -45,7 +45,7 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file with the same options as the flags (flags win)")
     p.add_argument("--model", help="model name (see `atrous models`)")
     p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)}")
-    p.add_argument("--data-root", help="dataset folder (CamVid: default ../shared/data/camvid)")
+    p.add_argument("--data-root", help="dataset folder (default ../shared/data/camvid or ../shared/data/isbi2012)")
     p.add_argument("--out", help="output folder")
     p.add_argument("--backbone", help="timm model name, or vgg16 / vgg16_bn")
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32))
