@@ -31,7 +31,7 @@ def demo_config(out: str, iters: int | None = None, progress: bool = True) -> Tr
         dataset="synthetic",
         out=out,
         model_options={"decoder_channels": 128},
-        iters=iters or 260,
+        iters=iters or 220,
         batch_size=8,
         crop_size=128,
         scale_min=0.75,
@@ -41,7 +41,7 @@ def demo_config(out: str, iters: int | None = None, progress: bool = True) -> Tr
         weight_decay=1e-4,
         precision="bf16",
         channels_last=True,
-        synthetic_length=800,
+        synthetic_length=700,
         overwrite=True,
         progress=progress,
     )
