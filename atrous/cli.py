@@ -16,6 +16,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from atrous.data.weights import CLASS_WEIGHTINGS
 from atrous.engine import DATASETS, DataError, UserError
 
 
@@ -64,7 +65,7 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--poly-power", type=float)
     p.add_argument("--warmup-iters", type=int)
-    p.add_argument("--class-weights", choices=("none", "median_frequency"))
+    p.add_argument("--class-weights", choices=CLASS_WEIGHTINGS)
     p.add_argument("--scale-min", type=float)
     p.add_argument("--scale-max", type=float)
     p.add_argument("--no-flip", dest="flip", action="store_false")

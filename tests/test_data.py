@@ -20,6 +20,7 @@ from atrous.data import (
 )
 from atrous.data.synthetic import BALL, BOAT, CAR, POLE, ROAD, WATER
 from atrous.data.transforms import RandomCrop, RandomHorizontalFlip, RandomScale
+from atrous.data.weights import class_weights
 
 
 # --- synthetic scenes ---------------------------------------------------------------------
@@ -137,6 +138,20 @@ def test_median_frequency_hand_computed(tmp_path):
     freq0, freq1 = 3 / 4, 5 / 8  # class 1 appears in both images: 5 of 8 pixels
     median = np.median([freq0, freq1])
     assert weights.tolist() == pytest.approx([median / freq0, median / freq1])
+
+
+def test_enet_and_sqrt_weights_hand_computed(tmp_path):
+    # 8 labelled pixels: class 0 has 3, class 1 has 5; 255 is void and not counted
+    Image.fromarray(np.array([[0, 0], [0, 1]], np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.array([[1, 1], [1, 1], [255, 255]], np.uint8)).save(tmp_path / "b.png")
+    paths = [str(tmp_path / "a.png"), str(tmp_path / "b.png")]
+    enet = class_weights("enet", paths, 2)
+    assert enet.tolist() == pytest.approx([1 / np.log(1.02 + 3 / 8), 1 / np.log(1.02 + 5 / 8)])
+    median = class_weights("median_frequency", paths, 2)
+    assert class_weights("sqrt_median_frequency", paths, 2).tolist() == pytest.approx(median.sqrt().tolist())
+    assert class_weights("none", paths, 2) is None
+    with pytest.raises(ValueError, match="unknown class weighting"):
+        class_weights("inverse", paths, 2)
 
 
 def test_camvid_missing_folder(tmp_path):

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
 import torch
 
+from atrous.data import weights
 from atrous.data.io import DataError, check_pair, read_image, read_mask
 from atrous.data.meta import IGNORE_INDEX, DatasetInfo
 
@@ -51,6 +51,8 @@ class CamVid(torch.utils.data.Dataset):
         mask[mask == CAMVID_VOID] = IGNORE_INDEX
         return image, check_pair(image, mask, num_classes=11, ignore_index=IGNORE_INDEX, mask_path=mask_path)
 
+    mask_void = CAMVID_VOID  # the void value in the label files mask_paths() lists
+
     def mask_paths(self) -> list[str]:
         return [mask for _, mask in self.items]
 
@@ -73,15 +75,5 @@ def _read_listing(listing: str, root: str) -> list[tuple[str, str]]:
 
 
 def median_frequency_weights(mask_paths: list[str], num_classes: int, void: int = CAMVID_VOID) -> torch.Tensor:
-    """SegNet's class balancing (Eigen & Fergus 2015): weight_c = median(freq) / freq_c, where
-    freq_c = pixels of class c / pixels of the images in which c appears."""
-    counts = np.zeros(num_classes, np.float64)
-    present_pixels = np.zeros(num_classes, np.float64)
-    for path in mask_paths:
-        mask = read_mask(path)
-        hist = np.bincount(mask[mask != void].ravel(), minlength=256)[:num_classes]
-        counts += hist
-        present_pixels[hist > 0] += mask.size
-    freq = np.divide(counts, present_pixels, out=np.zeros_like(counts), where=present_pixels > 0)
-    weights = np.divide(np.median(freq[freq > 0]), freq, out=np.zeros_like(freq), where=freq > 0)
-    return torch.tensor(weights, dtype=torch.float32)
+    """SegNet's class balancing on raw CamVid label files (void = 11): see atrous.data.weights."""
+    return weights.median_frequency_weights(mask_paths, num_classes, void)

@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from atrous.data import DataError, build_dataset, median_frequency_weights, train_transform
+from atrous.data import DataError, build_dataset, train_transform
 from atrous.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from atrous.data.weights import CLASS_WEIGHTINGS, class_weights
 from atrous.engine.checkpoint import save_checkpoint
 from atrous.engine.common import autocast, model_meta, resolve_device
 from atrous.engine.errors import UserError
@@ -35,7 +36,6 @@ from atrous.engine.files import write_atomic, write_json_atomic, write_text_atom
 from atrous.models import SegmentationModel, create_model
 
 OPTIMIZERS = ("sgd", "adamw")
-CLASS_WEIGHTINGS = ("none", "median_frequency")
 DEFAULT_ITERS = 1000
 
 
@@ -276,8 +276,10 @@ class Trainer:
         if self.cfg.class_weights == "none":
             return None
         if not hasattr(self.dataset, "mask_paths"):
-            raise UserError(f"--class-weights median_frequency needs mask files; dataset {self.cfg.dataset} has none")
-        return median_frequency_weights(self.dataset.mask_paths(), self.info.num_classes).to(self.device)
+            raise UserError(f"--class-weights {self.cfg.class_weights} needs mask files; dataset {self.cfg.dataset} has none")
+        weights = class_weights(self.cfg.class_weights, self.dataset.mask_paths(), self.info.num_classes,
+                                void=getattr(self.dataset, "mask_void", 255))
+        return weights.to(self.device)
 
     def _build_adversary(self):
         if not self.cfg.adversarial:
