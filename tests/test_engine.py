@@ -96,6 +96,20 @@ def test_resume_gives_the_same_weights_as_a_straight_run(tmp_path):
     assert [epoch for epoch, _ in losses] == [1, 2, 3]
 
 
+def test_eval_every_logs_a_validation_curve_without_changing_training(tmp_path):
+    plain, curve = tmp_path / "plain", tmp_path / "curve"
+    options = dict(iters=4, synthetic_length=4, eval_split="val", eval_batch_size=4, checkpoint_every=100)
+    train(tiny_config(plain, **options))
+    result = train(tiny_config(curve, eval_every=2, **options))
+    a, b = _weights(plain / "model.safetensors"), _weights(curve / "model.safetensors")
+    for key in a:  # evaluation (eval mode, no RNG) leaves the weights and BN statistics alone
+        assert torch.equal(a[key], b[key]), key
+    points = [json.loads(line) for line in (curve / "log.jsonl").read_text().splitlines() if "val_mIoU" in line]
+    assert [p["step"] for p in points] == [2, 4]
+    assert points[-1]["val_mIoU"] == pytest.approx(result["val"]["mIoU"], abs=1e-5)
+    assert not any("val_mIoU" in line for line in (plain / "log.jsonl").read_text().splitlines())
+
+
 def test_training_lowers_the_loss_and_writes_outputs(tmp_path):
     out = tmp_path / "run"
     cfg = tiny_config(out, iters=16, synthetic_length=4, scale_min=1.0, scale_max=1.0, lr=3e-3, eval_split="val",

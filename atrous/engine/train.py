@@ -79,6 +79,7 @@ class TrainConfig:
     stop_after: int | None = None
     checkpoint_every: int = 500
     eval_split: str | None = "val"
+    eval_every: int | None = None
     eval_batch_size: int = 4
     synthetic_size: int = 128
     synthetic_length: int | None = None
@@ -92,7 +93,8 @@ class TrainConfig:
             raise UserError(f"--optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'")
         if self.class_weights not in CLASS_WEIGHTINGS:
             raise UserError(f"--class-weights must be one of {CLASS_WEIGHTINGS}, got '{self.class_weights}'")
-        for name in ("batch_size", "iters", "crop_size", "stop_after", "checkpoint_every", "eval_batch_size"):
+        for name in ("batch_size", "iters", "crop_size", "stop_after", "checkpoint_every", "eval_batch_size",
+                     "eval_every"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -122,7 +124,8 @@ class TrainConfig:
                 raise UserError(f"{option} must be a whole number, got {value!r}")
             if isinstance(default, str) and not isinstance(value, str):
                 raise UserError(f"{option} must be text, got {value!r}")
-        for name in ("iters", "crop_size", "stop_after", "num_classes", "output_stride", "synthetic_length"):
+        for name in ("iters", "crop_size", "stop_after", "num_classes", "output_stride", "synthetic_length",
+                     "eval_every"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise UserError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
@@ -210,7 +213,7 @@ def _config_json(cfg: TrainConfig) -> dict[str, Any]:
 # the options that may differ between a run and its --resume; any other change would make
 # the resumed run differ from one that never stopped
 RESUME_MAY_CHANGE = ("resume", "overwrite", "stop_after", "device", "workers", "progress", "checkpoint_every",
-                     "eval_split", "eval_batch_size", "out")
+                     "eval_split", "eval_batch_size", "eval_every", "out")
 
 
 class Trainer:
@@ -236,6 +239,7 @@ class Trainer:
         self.epoch_loss = [0.0, 0]  # running sum and count for the epoch's log line
         self.elapsed = 0.0
         self.adversary = self._build_adversary()
+        self.eval_dataset: torch.utils.data.Dataset | None = None  # set by train() for --eval-every
         if cfg.resume:
             self._load_state()
 
@@ -412,6 +416,8 @@ class Trainer:
                     self._end_epoch(self.step // steps_per_epoch, lr)
                 if self.step % cfg.checkpoint_every == 0 or self.step >= end:
                     self._save()
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < self.total:
+                    started += self._evaluate_now()  # the training clock does not count evaluation
                 if self.step >= end:
                     break
         except RuntimeError as err:
@@ -429,6 +435,24 @@ class Trainer:
         summary = {"iters": self.step, "total_iters": self.total, "seconds": round(self.elapsed, 2),
                    "finished": finished}
         return summary
+
+    def _evaluate_now(self) -> float:
+        """Evaluate on the eval split, log {"step", "val_mIoU", ...}; returns the seconds taken."""
+        if self.eval_dataset is None or not len(self.eval_dataset):
+            return 0.0
+        from atrous.engine.evaluate import evaluate
+
+        began = time.perf_counter()
+        metrics = evaluate(self.model, self.eval_dataset, batch_size=self.cfg.eval_batch_size,
+                           precision=self.cfg.precision, progress=False)
+        self.log_eval(metrics)
+        return time.perf_counter() - began
+
+    def log_eval(self, metrics: dict[str, Any]) -> None:
+        split = self.cfg.eval_split
+        self._log({"step": self.step, f"{split}_mIoU": round(metrics["mIoU"], 5),
+                   f"{split}_pixel_accuracy": round(metrics["pixel_accuracy"], 5),
+                   "elapsed_s": round(self.elapsed, 2)})
 
     def _end_epoch(self, epoch: int, lr: float) -> None:
         total, count = self.epoch_loss
@@ -456,6 +480,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     metrics.json. Returns {"train": summary, "val": metrics or None}."""
     trainer = Trainer(cfg)
     dataset = _eval_dataset(cfg)  # before training, so that a bad split fails at once
+    trainer.eval_dataset = dataset
     summary = trainer.run()
     result: dict[str, Any] = {"train": summary, cfg.eval_split or "val": None}
     if summary["finished"] and dataset is not None:
@@ -464,5 +489,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         if len(dataset):
             result[cfg.eval_split] = evaluate(trainer.model, dataset, batch_size=cfg.eval_batch_size,
                                               precision=cfg.precision, progress=cfg.progress)
+            if cfg.eval_every:  # the last point of the validation curve
+                trainer.log_eval(result[cfg.eval_split])
     write_json_atomic(os.path.join(cfg.out, "metrics.json"), result)
     return result
