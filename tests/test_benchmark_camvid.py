@@ -104,3 +104,26 @@ def test_generated_tables() -> None:
     assert "| unet_resnet18 | smp_unet_resnet18 | 2.00 | 3.00 | 1.50 |" in text  # smp / atrous time
     assert "| unet (smoke) | unet | 1.00 | 2.0 | 3 | 20 | 40 | 1.00 | 90.0 | 60.0 | 10.00 | 50.0 |" in text
     assert "not results" in text
+
+
+def test_camvid_figure_draws_examples_and_curves(tmp_path) -> None:
+    figure = import_benchmark("camvid_figure")
+    from PIL import Image
+
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"epoch": 1, "step": 46, "loss": 1.5, "lr": 0.001, "elapsed_s": 60}\n'
+                   '{"step": 50, "val_mIoU": 0.3, "val_pixel_accuracy": 0.7, "elapsed_s": 65}\n'
+                   '{"epoch": 2, "step": 92, "loss": 1.2, "lr": 0.0005, "elapsed_s": 120}\n'
+                   '{"step": 100, "val_mIoU": 0.4, "val_pixel_accuracy": 0.8, "elapsed_s": 130}\n'
+                   '{"event": "finished", "step": 100, "elapsed_s": 130}\n')
+    figure.curves_figure(str(log), "test", str(tmp_path / "curves.png"))
+    truth = torch.randint(-1, 3, (24, 32)).numpy()
+    pred = truth.clip(0, None)
+    assert figure.accuracy(pred, truth) == 1.0
+    image = torch.randint(0, 256, (24, 32, 3), dtype=torch.uint8).numpy()
+    palette = torch.tensor([[255, 0, 0], [0, 255, 0], [0, 0, 255]], dtype=torch.uint8).numpy()
+    coloured = figure.colour(truth, palette)
+    assert (coloured[truth < 0] == 0).all() and (coloured[truth == 1] == [0, 255, 0]).all()
+    figure.examples_figure([(image, truth, pred, pred)] * 2, palette, ["a", "b", "c"], str(tmp_path / "ex.png"))
+    for name in ("curves.png", "ex.png"):
+        assert Image.open(tmp_path / name).size[0] > 300

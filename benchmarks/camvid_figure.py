@@ -1,0 +1,143 @@
+"""Pictures of a CamVid run for docs/benchmarks.md: input | ground truth | prediction |
+DenseCRF-refined prediction for a few val images, and the training curves of the run
+(train loss per epoch and, with `--eval-every`, val mIoU) from its log.jsonl.
+
+    .venv/bin/python benchmarks/camvid_figure.py --checkpoint RUN/model.safetensors \
+        [--images 0 25 50 75] [--crf-params FILE] [--out docs/images/camvid]
+
+Writes OUT_examples.png and OUT_curves.png (needs matplotlib, the `bench` extra). The CRF is
+DenseCRF with `--crf-params` (a YAML/JSON file as `atrous eval --crf-params` takes), else
+the setting that did best in benchmarks/crf_effect.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from atrous.crf import DenseCRF  # noqa: E402
+from atrous.data import build_dataset  # noqa: E402
+from atrous.data.transforms import Normalize  # noqa: E402
+from atrous.engine import load_checkpoint  # noqa: E402
+from atrous.engine.common import normalisation, palette_of, read_mapping_file  # noqa: E402
+from atrous.engine.evaluate import predict_logits  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+# the best DenseCRF setting of benchmarks/crf_effect.py on CamVid val
+BEST_DENSE = dict(pos_xy_std=3, pos_w=3, bi_xy_std=50, bi_rgb_std=10, bi_w=5)
+
+
+def label_rows(model, dataset, indices: list[int], crf: torch.nn.Module) -> list[tuple[np.ndarray, ...]]:
+    """(image, truth, prediction, refined) per index: HxWx3 uint8 and HxW label maps
+    (void -1 in the truth)."""
+    mean, std = normalisation(model.meta)
+    normalise = Normalize(mean, std)
+    rows = []
+    for index in indices:
+        raw, mask = dataset[index]
+        image, _ = normalise(raw, mask)
+        with torch.no_grad():
+            logits = predict_logits(model, image[None])
+            refined = crf(logits, raw[None].float())
+        truth = mask.numpy().astype(np.int64)
+        truth[truth == 255] = -1
+        rows.append((raw.permute(1, 2, 0).numpy(), truth, logits[0].argmax(0).numpy(), refined[0].argmax(0).numpy()))
+    return rows
+
+
+def colour(labels: np.ndarray, palette: np.ndarray) -> np.ndarray:
+    out = palette[np.clip(labels, 0, None)].copy()
+    out[labels < 0] = 0  # void in black
+    return out
+
+
+def accuracy(pred: np.ndarray, truth: np.ndarray) -> float:
+    valid = truth >= 0
+    return float((pred[valid] == truth[valid]).mean())
+
+
+def examples_figure(rows, palette: np.ndarray, class_names: list[str], path: str) -> None:
+    titles = ("input", "ground truth (void black)", "prediction", "DenseCRF-refined")
+    fig, axes = plt.subplots(len(rows), 4, figsize=(16, 3.1 * len(rows) + 0.8), squeeze=False)
+    for r, (image, truth, pred, refined) in enumerate(rows):
+        panels = (image, colour(truth, palette), colour(pred, palette), colour(refined, palette))
+        notes = ("", "", f"pixel acc {accuracy(pred, truth):.3f}", f"pixel acc {accuracy(refined, truth):.3f}")
+        for c, (panel, note) in enumerate(zip(panels, notes, strict=True)):
+            ax = axes[r][c]
+            ax.imshow(panel)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(titles[c])
+            if note:
+                ax.set_xlabel(note)
+    handles = [plt.Rectangle((0, 0), 1, 1, color=palette[i] / 255) for i in range(len(class_names))]
+    fig.legend(handles, class_names, loc="lower center", ncol=len(class_names), frameon=False)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path, dpi=72)
+    plt.close(fig)
+
+
+def curves_figure(log_path: str, title: str, path: str) -> None:
+    with open(log_path) as handle:
+        records = [json.loads(line) for line in handle if line.strip()]
+    epochs = [r for r in records if "epoch" in r]
+    evals = [r for r in records if any(k.endswith("_mIoU") for k in r)]
+    fig, loss_ax = plt.subplots(figsize=(8, 4.5))
+    loss_ax.plot([r["step"] for r in epochs], [r["loss"] for r in epochs], color="tab:blue", label="train loss")
+    loss_ax.set_xlabel("iteration")
+    loss_ax.set_ylabel("train loss (epoch mean)", color="tab:blue")
+    if evals:
+        key = next(k for k in evals[0] if k.endswith("_mIoU"))
+        miou_ax = loss_ax.twinx()
+        miou_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", color="tab:red", label=key)
+        miou_ax.set_ylabel(key.replace("_", " "), color="tab:red")
+        best = evals[-1]
+        miou_ax.annotate(f"{best[key]:.3f}", (best["step"], best[key]), textcoords="offset points",
+                         xytext=(-30, 8), color="tab:red")
+    finished = [r for r in records if r.get("event") == "finished"]
+    if finished:
+        title += f" — {finished[-1]['step']} iterations, {finished[-1]['elapsed_s'] / 60:.0f} min of training"
+    loss_ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--log", help="the run's log.jsonl (default: next to the checkpoint)")
+    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "camvid"))
+    parser.add_argument("--images", type=int, nargs="+", default=[0, 40, 70, 100])
+    parser.add_argument("--crf-params", help="DenseCRF parameters (YAML/JSON)")
+    parser.add_argument("--title", default="CamVid")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "images" / "camvid"))
+    args = parser.parse_args()
+
+    model = load_checkpoint(args.checkpoint)
+    dataset = build_dataset("camvid", "val", data_root=args.data_root)
+    params = read_mapping_file(args.crf_params, "--crf-params") if args.crf_params else BEST_DENSE
+    crf = DenseCRF(num_classes=model.num_classes, **params).eval()
+    palette = palette_of(model.meta, model.num_classes)
+    rows = label_rows(model, dataset, args.images, crf)
+    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    examples_figure(rows, palette, list(dataset.info.class_names), f"{args.out}_examples.png")
+    log = args.log or os.path.join(os.path.dirname(args.checkpoint), "log.jsonl")
+    curves_figure(log, args.title, f"{args.out}_curves.png")
+    print(f"wrote {args.out}_examples.png and {args.out}_curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
