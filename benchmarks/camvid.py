@@ -25,8 +25,12 @@ budget, evaluate every checkpoint as `atrous eval` does, measure size, FLOPs and
   latency: median of 5 timed eval-mode forwards of one image at that size after 2 warm-ups,
   fp32, under no_grad, with torch's thread count recorded.
 
-Writes benchmarks/results/camvid.json (rows merged by recipe: a run of some recipes keeps
-the others' rows; `--fresh` starts empty) and the generated section of docs/benchmarks.md.
+- The best-recipe search: recipes under configs/camvid_best/ (other budgets and settings,
+  named with `--recipes camvid_best/<name>`) go to a table of their own.
+
+Writes benchmarks/results/camvid.json (rows merged by recipe under a file lock: a run of some
+recipes keeps the others' rows, also of runs in parallel; `--fresh` starts empty) and the
+generated section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ def recipe_key(path: Path) -> str:
         return path.relative_to(CONFIGS).with_suffix("").as_posix()
     except ValueError:
         return path.stem
+
+
+def is_protocol(row: dict[str, Any]) -> bool:
+    """A row of the protocol table (configs/camvid/), not of the best-recipe search."""
+    return Path(row["config"]).parent.name != "camvid_best"
 
 
 def is_peer(path: Path) -> bool:
@@ -312,7 +321,8 @@ def isbi_table(rows: list[dict[str, Any]]) -> list[str]:
 
 def generated_section(results: dict[str, Any]) -> str:
     rows = list(results["rows"].values())
-    camvid = [r for r in rows if r["dataset"] == "camvid"]
+    camvid = [r for r in rows if r["dataset"] == "camvid" and is_protocol(r)]
+    search = [r for r in rows if r["dataset"] == "camvid" and not is_protocol(r)]
     isbi = [r for r in rows if r["dataset"] == "isbi2012"]
     lines = [BEGIN, "", "Generated from benchmarks/results/camvid.json; do not edit by hand.", ""]
     if any(r["smoke"] for r in rows):
@@ -324,6 +334,9 @@ def generated_section(results: dict[str, Any]) -> str:
               "### CamVid val (101 images, 360x480, 11 classes, void ignored)", ""]
     lines += camvid_tables(camvid)
     lines += peer_table({r["recipe"]: r for r in camvid})
+    if search:
+        lines += ["", "### CamVid val, best-recipe search (configs/camvid_best/: other budgets and settings)", ""]
+        lines += camvid_tables(search)
     lines += ["", "### ISBI 2012 (train slices 0-24, val slices 25-29, 512x512)", ""]
     lines += isbi_table(isbi)
     lines += ["", "Reproduce a row's metrics: its `commands.eval` in the JSON.", "", END]
@@ -343,6 +356,23 @@ def load_results(fresh: bool) -> dict[str, Any]:
     if RESULTS.is_file() and not fresh:
         return json.loads(RESULTS.read_text())
     return {"protocol_iters": PROTOCOL_ITERS, "rows": {}}
+
+
+def store_row(row: dict[str, Any] | None, *, fresh: bool = False) -> dict[str, Any]:
+    """Merge `row` into the JSON on disk (re-read under a lock, so that benchmark runs in
+    parallel keep each other's rows; `fresh` drops the old ones) and return the results."""
+    import fcntl
+
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    with open(RESULTS.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = load_results(fresh)
+        if row is not None:
+            results["rows"][row["recipe"]] = row
+        tmp = RESULTS.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n")
+        os.replace(tmp, RESULTS)
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     if args.threads:
         torch.set_num_threads(args.threads)
-    results = load_results(args.fresh)
+    results = store_row(None, fresh=True) if args.fresh else load_results(fresh=False)
     failed = []
     for path in recipes:
         try:
@@ -385,9 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{recipe_key(path)}] failed: {type(err).__name__}: {str(err).splitlines()[0]}", file=sys.stderr)
             failed.append(recipe_key(path))
             continue
-        results["rows"][row["recipe"]] = row
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+        results = store_row(row)
     if not args.no_docs and results["rows"]:
         write_docs(results)
     print("\n".join(generated_section(results).splitlines()[1:-1]))

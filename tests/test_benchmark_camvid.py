@@ -89,13 +89,15 @@ def test_generated_tables() -> None:
     bench = import_benchmark("camvid")
     val = {"mIoU": 0.5, "mean_accuracy": 0.6, "pixel_accuracy": 0.8, "fw_iou": 0.7,
            "per_class_iou": [0.5] * 11, "class_names": [f"c{i}" for i in range(11)], "images": 101}
-    base = dict(backbone="resnet18", dataset="camvid", params_m=1.0, gflops=2.0, latency_ms=3.0, iters=20,
+    base = dict(config="configs/camvid/x.yaml", backbone="resnet18", dataset="camvid", params_m=1.0, gflops=2.0, latency_ms=3.0, iters=20,
                 train_seconds=40.0, threads=1, smoke=True)
     rows = {
         "camvid/unet_resnet18": dict(base, recipe="camvid/unet_resnet18", model="unet", peer=False,
                                      s_per_iter=2.0, val=val),
         "camvid/smp_unet_resnet18": dict(base, recipe="camvid/smp_unet_resnet18", model="smp_unet", peer=True,
                                          s_per_iter=3.0, val=val),
+        "camvid_best/unet_long": dict(base, recipe="camvid_best/unet_long", config="configs/camvid_best/unet_long.yaml",
+                                      model="unet", peer=False, s_per_iter=2.0, val=dict(val, mIoU=0.56)),
         "isbi2012/unet": dict(base, recipe="isbi2012/unet", model="unet", peer=False, dataset="isbi2012",
                               s_per_iter=1.0, val=dict(val, foreground_iou=0.9, membrane_iou=0.6, pixel_error=0.1)),
     }
@@ -104,6 +106,9 @@ def test_generated_tables() -> None:
     assert "| unet_resnet18 | smp_unet_resnet18 | 2.00 | 3.00 | 1.50 |" in text  # smp / atrous time
     assert "| unet (smoke) | unet | 1.00 | 2.0 | 3 | 20 | 40 | 1.00 | 90.0 | 60.0 | 10.00 | 50.0 |" in text
     assert "not results" in text
+    protocol, search = text.split("best-recipe search")
+    assert "| unet_long (smoke) |" in search and "unet_long" not in protocol
+    assert "| 56.0 |" in search
 
 
 def test_camvid_figure_draws_examples_and_curves(tmp_path) -> None:
@@ -127,3 +132,15 @@ def test_camvid_figure_draws_examples_and_curves(tmp_path) -> None:
     figure.examples_figure([(image, truth, pred, pred)] * 2, palette, ["a", "b", "c"], str(tmp_path / "ex.png"))
     for name in ("curves.png", "ex.png"):
         assert Image.open(tmp_path / name).size[0] > 300
+
+
+def test_store_row_merges_with_what_is_on_disk(tmp_path, monkeypatch) -> None:
+    bench = import_benchmark("camvid")
+    monkeypatch.setattr(bench, "RESULTS", tmp_path / "camvid.json")
+    bench.store_row({"recipe": "camvid/a", "x": 1})
+    stale = bench.load_results(fresh=False)  # what a second run read when it started
+    bench.store_row({"recipe": "camvid/b", "x": 2})  # another run finishes first
+    assert set(stale["rows"]) == {"camvid/a"}
+    assert set(bench.store_row({"recipe": "camvid/a", "x": 3})["rows"]) == {"camvid/a", "camvid/b"}
+    assert bench.load_results(fresh=False)["rows"]["camvid/a"]["x"] == 3
+    assert bench.store_row(None, fresh=True)["rows"] == {}
