@@ -3,7 +3,7 @@ budget, evaluate every checkpoint as `atrous eval` does, measure size, FLOPs and
 
     .venv/bin/python benchmarks/camvid.py [--recipes R ...] [--iters N] [--peers]
         [--out-root DIR | --out DIR] [--skip-train] [--resume] [--overwrite]
-        [--max-images N] [--threads N] [--fresh] [--no-docs | --docs-only]
+        [--max-images N] [--threads N] [--fresh] [--no-docs | --docs-only | --measure-only]
 
 - Recipes: YAML files (paths, or names under configs/, e.g. `camvid/unet_resnet18`).
   Default: every configs/camvid/*.yaml except the smp peers, and configs/isbi2012/*.yaml;
@@ -249,6 +249,17 @@ def run_recipe(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     return row
 
 
+def remeasure(row: dict[str, Any]) -> None:
+    """Update a row's size, GFLOPs, latency and thread count from its checkpoint."""
+    from atrous.engine.checkpoint import load_checkpoint
+
+    if row.get("peer"):
+        register_smp_models()
+    model = load_checkpoint(row["checkpoint"])
+    row.update(measure(model, IMAGE_SIZES.get(row["dataset"], (512, 512))), threads=torch.get_num_threads())
+    print(f"[{row['recipe']}] {row['gflops']:.1f} GFLOPs  {row['latency_ms']:.0f} ms", flush=True)
+
+
 # --- output ----------------------------------------------------------------------------
 def _num(value: float | None, fmt: str) -> str:
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, fmt)
@@ -390,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fresh", action="store_true", help="drop the rows already in the JSON")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--docs-only", action="store_true", help="only regenerate docs/benchmarks.md from the JSON")
+    parser.add_argument("--measure-only", action="store_true",
+                        help="re-measure size, GFLOPs and latency of existing rows (e.g. all on an idle machine)")
     parser.add_argument("--progress", action="store_true", help="progress bars")
     args = parser.parse_args(argv)
     if args.docs_only:
@@ -406,6 +419,14 @@ def main(argv: list[str] | None = None) -> int:
     os.chdir(ROOT)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.measure_only:
+        for path in recipes:
+            row = load_results(fresh=False)["rows"].get(recipe_key(path))
+            if row is not None:
+                remeasure(row)
+                store_row(row)
+        write_docs(load_results(fresh=False))
+        return 0
     results = store_row(None, fresh=True) if args.fresh else load_results(fresh=False)
     failed = []
     for path in recipes:

@@ -144,3 +144,18 @@ def test_store_row_merges_with_what_is_on_disk(tmp_path, monkeypatch) -> None:
     assert set(bench.store_row({"recipe": "camvid/a", "x": 3})["rows"]) == {"camvid/a", "camvid/b"}
     assert bench.load_results(fresh=False)["rows"]["camvid/a"]["x"] == 3
     assert bench.store_row(None, fresh=True)["rows"] == {}
+
+
+def test_remeasure_updates_size_and_latency_only(tiny_checkpoint, monkeypatch) -> None:
+    bench = import_benchmark("camvid")
+    monkeypatch.setattr(bench, "TIMED", 1)
+    monkeypatch.setitem(bench.IMAGE_SIZES, "camvid", (64, 96))
+    row = {"recipe": "camvid/x", "dataset": "camvid", "checkpoint": str(tiny_checkpoint), "peer": False,
+           "params_m": 0.0, "latency_ms": 0.0, "val": {"mIoU": 0.4}}
+    bench.remeasure(row)
+    import atrous
+
+    model = atrous.load_checkpoint(str(tiny_checkpoint))
+    assert row["params_m"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
+    assert row["latency_ms"] > 0 and row["gflops"] > 0 and row["latency_size"] == [64, 96]
+    assert row["val"] == {"mIoU": 0.4}
