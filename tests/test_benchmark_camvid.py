@@ -11,7 +11,7 @@ import torch
 
 from .conftest import REPO
 
-RECIPES = sorted((REPO / "configs").glob("**/*.yaml"))
+RECIPES = sorted(p for p in (REPO / "configs").glob("**/*.yaml") if p.parent.name != "crf")
 # what the CamVid protocol fixes for every row (docs/benchmarks.md)
 PROTOCOL_KEYS = ("dataset", "iters", "batch_size", "crop_size", "scale_min", "scale_max", "optimizer", "lr",
                  "weight_decay", "class_weights", "precision", "channels_last", "flip", "jitter", "poly_power",
@@ -159,3 +159,22 @@ def test_remeasure_updates_size_and_latency_only(tiny_checkpoint, monkeypatch) -
     assert row["params_m"] == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6)
     assert row["latency_ms"] > 0 and row["gflops"] > 0 and row["latency_size"] == [64, 96]
     assert row["val"] == {"mIoU": 0.4}
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs" / "crf").glob("*.yaml")), ids=lambda p: p.name)
+def test_crf_parameter_files_build_their_crf(path: Path) -> None:
+    """configs/crf/*.yaml are `atrous eval --crf dense --crf-params` files."""
+    import atrous
+    from atrous.engine.runs import build_crf
+
+    model = atrous.create_model("unet", 11, backbone="resnet18")
+    crf = build_crf("dense", model, str(path))
+    values = bench_yaml(path)
+    assert crf.num_iterations == values["num_iterations"]
+    assert float(crf.bi_xy_std) == values["bi_xy_std"] and float(crf.bi_rgb_std) == values["bi_rgb_std"]
+
+
+def bench_yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
