@@ -25,6 +25,8 @@ budget, evaluate every checkpoint as `atrous eval` does, measure size, FLOPs and
   latency: median of 5 timed eval-mode forwards of one image at that size after 2 warm-ups,
   fp32, under no_grad, with torch's thread count recorded.
 
+- `--crf-params FILE`: also evaluate with DenseCRF (`atrous eval --crf dense --crf-params
+  FILE`), a "mIoU + DenseCRF" column.
 - The best-recipe search: recipes under configs/camvid_best/ (other budgets and settings,
   named with `--recipes camvid_best/<name>`) go to a table of their own.
 
@@ -174,6 +176,19 @@ def evaluate_checkpoint(checkpoint: str, cfg, max_images: int | None,
     return model, metrics
 
 
+def evaluate_with_crf(model: torch.nn.Module, cfg, args: argparse.Namespace) -> dict[str, Any]:
+    """What `atrous eval ... --crf dense --crf-params P` computes."""
+    from atrous.data import build_dataset
+    from atrous.engine.evaluate import evaluate
+    from atrous.engine.runs import FirstItems, build_crf
+
+    dataset = build_dataset(cfg.dataset, "val", data_root=cfg.data_root, num_classes=cfg.num_classes)
+    if args.max_images is not None:
+        dataset = FirstItems(dataset, args.max_images)
+    crf = build_crf("dense", model, args.crf_params)
+    return evaluate(model, dataset, batch_size=EVAL_BATCH, precision=EVAL_PRECISION, crf=crf, progress=args.progress)
+
+
 def dataset_scores(dataset: str, metrics: dict[str, Any]) -> dict[str, Any]:
     scores = {key: metrics[key] for key in ("mIoU", "mean_accuracy", "pixel_accuracy", "fw_iou")}
     scores["per_class_iou"] = metrics["per_class_iou"]
@@ -194,16 +209,19 @@ def train_summary(out: str) -> dict[str, Any] | None:
         return json.load(handle).get("train")
 
 
-def commands(path: Path, cfg, iters: int | None) -> dict[str, str]:
+def commands(path: Path, cfg, iters: int | None, crf_params: str | None = None) -> dict[str, str]:
     cli = ".venv/bin/python benchmarks/smp_models.py" if is_peer(path) else "atrous"
     recipe = os.path.relpath(path, ROOT)
     budget = f" --iters {iters}" if iters is not None else ""
     checkpoint = os.path.join(cfg.out, "model.safetensors")
     root = f" --data-root {cfg.data_root}" if cfg.data_root else ""
-    return {
+    found = {
         "train": f"{cli} train --config {recipe} --out {cfg.out}{budget} --eval-split ''",
         "eval": f"{cli} eval --checkpoint {checkpoint} --dataset {cfg.dataset}{root} --split val",
     }
+    if crf_params:
+        found["eval_crf"] = f"{found['eval']} --crf dense --crf-params {os.path.relpath(os.path.abspath(crf_params), ROOT)}"
+    return found
 
 
 def run_recipe(path: Path, args: argparse.Namespace) -> dict[str, Any]:
@@ -221,6 +239,7 @@ def run_recipe(path: Path, args: argparse.Namespace) -> dict[str, Any]:
     checkpoint = os.path.join(cfg.out, "model.safetensors")
     print(f"[{key}] evaluating {checkpoint}", flush=True)
     model, metrics = evaluate_checkpoint(checkpoint, cfg, args.max_images, args.progress)
+    crf_metrics = evaluate_with_crf(model, cfg, args) if args.crf_params else None
     iters, seconds = summary.get("iters"), summary.get("seconds")
     row = {
         "recipe": key,
@@ -238,12 +257,16 @@ def run_recipe(path: Path, args: argparse.Namespace) -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "val": dataset_scores(cfg.dataset, metrics),
         "checkpoint": checkpoint,
-        "commands": commands(path, cfg, args.iters),
+        "commands": commands(path, cfg, args.iters, args.crf_params),
         # a budget other than the recipe's own (CamVid: the protocol's), or a subset of val
         "smoke": iters != read_recipe(path).get("iters") or args.max_images is not None,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "benchmark_command": " ".join(["benchmarks/camvid.py", *sys.argv[1:]]),
     }
+    if crf_metrics is not None:
+        row["crf_params"] = os.path.relpath(os.path.abspath(args.crf_params), ROOT)
+        row["val_crf"] = dataset_scores(cfg.dataset, crf_metrics)
+        print(f"[{key}] with DenseCRF: mIoU {crf_metrics['mIoU']:.4f}", flush=True)
     print(f"[{key}] mIoU {row['val']['mIoU']:.4f}  {row['gflops']:.1f} GFLOPs  {row['latency_ms']:.0f} ms"
           + (f"  {row['s_per_iter']:.2f} s/it" if row["s_per_iter"] else ""), flush=True)
     return row
@@ -272,10 +295,11 @@ def _pct(value: float | None) -> str:
 def camvid_tables(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["No CamVid rows yet."]
+    crf = any("val_crf" in r for r in rows)
     lines = [
         "| recipe | model | backbone | params (M) | GFLOPs 360x480 | latency (ms) | iters | train (s) "
-        "| s/iter | mIoU | class acc | global acc |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| s/iter | mIoU | class acc | global acc |" + (" mIoU + DenseCRF |" if crf else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if crf else ""),
     ]
     for r in rows:
         v = r["val"]
@@ -285,6 +309,7 @@ def camvid_tables(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r['params_m']:.2f} | {r['gflops']:.1f} | {r['latency_ms']:.0f} | {_num(r['iters'], 'd')} "
             f"| {_num(r['train_seconds'], '.0f')} | {_num(r['s_per_iter'], '.2f')} | {_pct(v['mIoU'])} "
             f"| {_pct(v['mean_accuracy'])} | {_pct(v['pixel_accuracy'])} |"
+            + (f" {_pct(r['val_crf']['mIoU']) if 'val_crf' in r else '-'} |" if crf else "")
         )
     names = rows[0]["val"]["class_names"]
     lines += ["", "Per-class IoU (%):", "",
@@ -398,6 +423,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace existing runs")
     parser.add_argument("--max-images", type=int, help="evaluate on the first N val images only (smoke runs)")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--crf-params", help="also evaluate with DenseCRF of these parameters (YAML/JSON)")
     parser.add_argument("--fresh", action="store_true", help="drop the rows already in the JSON")
     parser.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     parser.add_argument("--docs-only", action="store_true", help="only regenerate docs/benchmarks.md from the JSON")

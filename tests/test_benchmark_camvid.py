@@ -97,7 +97,8 @@ def test_generated_tables() -> None:
         "camvid/smp_unet_resnet18": dict(base, recipe="camvid/smp_unet_resnet18", model="smp_unet", peer=True,
                                          s_per_iter=3.0, val=val),
         "camvid_best/unet_long": dict(base, recipe="camvid_best/unet_long", config="configs/camvid_best/unet_long.yaml",
-                                      model="unet", peer=False, s_per_iter=2.0, val=dict(val, mIoU=0.56)),
+                                      model="unet", peer=False, s_per_iter=2.0, val=dict(val, mIoU=0.56),
+                                      val_crf=dict(val, mIoU=0.58)),
         "isbi2012/unet": dict(base, recipe="isbi2012/unet", model="unet", peer=False, dataset="isbi2012",
                               s_per_iter=1.0, val=dict(val, foreground_iou=0.9, membrane_iou=0.6, pixel_error=0.1)),
     }
@@ -108,7 +109,7 @@ def test_generated_tables() -> None:
     assert "not results" in text
     protocol, search = text.split("best-recipe search")
     assert "| unet_long (smoke) |" in search and "unet_long" not in protocol
-    assert "| 56.0 |" in search
+    assert "| 56.0 | 60.0 | 80.0 | 58.0 |" in search and "DenseCRF" not in protocol
 
 
 def test_camvid_figure_draws_examples_and_curves(tmp_path) -> None:
