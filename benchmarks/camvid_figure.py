@@ -104,7 +104,7 @@ def curves_figure(log_path: str, title: str, path: str) -> None:
         miou_ax.set_ylabel(key.replace("_", " "), color="tab:red")
         best = evals[-1]
         miou_ax.annotate(f"{best[key]:.3f}", (best["step"], best[key]), textcoords="offset points",
-                         xytext=(-30, 8), color="tab:red")
+                         xytext=(-12, -16), color="tab:red")
     finished = [r for r in records if r.get("event") == "finished"]
     if finished:
         title += f" — {finished[-1]['step']} iterations, {finished[-1]['elapsed_s'] / 60:.0f} min of training"
