@@ -163,30 +163,32 @@ def measure(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, float]:
 def evaluate_checkpoint(checkpoint: str, cfg, max_images: int | None,
                         progress: bool) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model and what `atrous eval --checkpoint C --dataset D --split val` computes."""
-    from atrous.data import build_dataset
     from atrous.engine.checkpoint import load_checkpoint
     from atrous.engine.evaluate import evaluate
-    from atrous.engine.runs import FirstItems
 
     model = load_checkpoint(checkpoint)
-    dataset = build_dataset(cfg.dataset, "val", data_root=cfg.data_root, num_classes=cfg.num_classes)
-    if max_images is not None:
-        dataset = FirstItems(dataset, max_images)
-    metrics = evaluate(model, dataset, batch_size=EVAL_BATCH, precision=EVAL_PRECISION, progress=progress)
+    metrics = evaluate(model, val_dataset(cfg, max_images), batch_size=EVAL_BATCH, precision=EVAL_PRECISION,
+                       progress=progress)
     return model, metrics
+
+
+def val_dataset(cfg, max_images: int | None) -> torch.utils.data.Dataset:
+    """The val split of the recipe's dataset (its first `max_images` items when given)."""
+    from atrous.data import build_dataset
+    from atrous.engine.runs import FirstItems
+
+    dataset = build_dataset(cfg.dataset, "val", data_root=cfg.data_root, num_classes=cfg.num_classes)
+    return dataset if max_images is None else FirstItems(dataset, max_images)
 
 
 def evaluate_with_crf(model: torch.nn.Module, cfg, args: argparse.Namespace) -> dict[str, Any]:
     """What `atrous eval ... --crf dense --crf-params P` computes."""
-    from atrous.data import build_dataset
     from atrous.engine.evaluate import evaluate
-    from atrous.engine.runs import FirstItems, build_crf
+    from atrous.engine.runs import build_crf
 
-    dataset = build_dataset(cfg.dataset, "val", data_root=cfg.data_root, num_classes=cfg.num_classes)
-    if args.max_images is not None:
-        dataset = FirstItems(dataset, args.max_images)
     crf = build_crf("dense", model, args.crf_params)
-    return evaluate(model, dataset, batch_size=EVAL_BATCH, precision=EVAL_PRECISION, crf=crf, progress=args.progress)
+    return evaluate(model, val_dataset(cfg, args.max_images), batch_size=EVAL_BATCH, precision=EVAL_PRECISION,
+                    crf=crf, progress=args.progress)
 
 
 def dataset_scores(dataset: str, metrics: dict[str, Any]) -> dict[str, Any]:
