@@ -146,6 +146,13 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="any batch size, height and width (default)")
     shape.add_argument("--static", dest="dynamic", action="store_false",
                        help="exactly (1, C, --height, --width)")
+    ex.add_argument("--int8", action="store_true",
+                    help="int8 ONNX (onnxruntime static quantization, QDQ, per-channel weights), calibrated "
+                         "on --calibrate-images training images of --calibrate-dataset")
+    ex.add_argument("--calibrate-dataset", help=f"with --int8: one of {', '.join(DATASETS)}")
+    ex.add_argument("--data-root", help="with --int8: the calibration dataset's folder")
+    ex.add_argument("--calibrate-images", type=int, default=32, help="with --int8: how many (default 32)")
+    ex.add_argument("--calibrate-method", default="minmax", help="with --int8: minmax (default), entropy or percentile")
 
     fit = commands.add_parser("fit-crf", help="fit CRF parameters on a frozen model's outputs (decoupled training)")
     fit.add_argument("--checkpoint", required=True)
@@ -257,6 +264,19 @@ def _command_predict(args: argparse.Namespace) -> int:
 def _command_export(args: argparse.Namespace) -> int:
     from atrous.engine.export import run_export
 
+    if args.int8:
+        from atrous.engine.quantize import run_export_int8
+
+        agreement = run_export_int8(args.checkpoint, args.out, dataset=args.calibrate_dataset,
+                                    data_root=args.data_root, images=args.calibrate_images,
+                                    method=args.calibrate_method, fmt=args.format, dynamic=args.dynamic,
+                                    opset=args.opset)
+        print(f"wrote {args.out} (int8 ONNX, dynamic input size; labels agree with fp32 on "
+              f"{100 * agreement:.1f}% of a calibration image)")
+        return 0
+    for flag in ("calibrate_dataset", "data_root"):
+        if getattr(args, flag):
+            raise UserError(f"--{flag.replace('_', '-')} applies to --int8 only")
     fmt = run_export(args.checkpoint, args.out, fmt=args.format, example_size=(args.height, args.width),
                      dynamic=args.dynamic, opset=args.opset)
     print(f"wrote {args.out} ({fmt}, {'dynamic' if args.dynamic else 'static'} input size)")
