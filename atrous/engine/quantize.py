@@ -92,9 +92,11 @@ def export_int8(
     method: str = DEFAULT_CALIBRATION_METHOD,
     opset: int | None = None,
     source: str = "",
+    min_agreement: float = MIN_AGREEMENT,
 ) -> float:
     """Write `model` as an int8 ONNX graph at `path` (atomically), calibrated on `images`.
-    Returns the label agreement with the fp32 model on the first image (checked first)."""
+    Returns the label agreement with the fp32 model on the first image, checked to be at
+    least `min_agreement` first (an untrained model's labels are near ties: 0 skips it)."""
     _check_method(method)
     onnx = _require_onnx_tools()
     model = model.eval().cpu()
@@ -118,15 +120,15 @@ def export_int8(
             proto.producer_name = "atrous"
             proto.doc_string = f"atrous {header['model'].get('name')} int8: {header['export']['layout']} -> logits"
             onnx.save(proto, tmp)
-            agreement = check_int8(model, tmp, images[0])
+            agreement = check_int8(model, tmp, images[0], min_agreement)
 
         _write(model, path, "int8 ONNX", write)
     return agreement
 
 
-def check_int8(model: SegmentationModel, path: str, image: torch.Tensor) -> float:
+def check_int8(model: SegmentationModel, path: str, image: torch.Tensor, min_agreement: float = MIN_AGREEMENT) -> float:
     """The int8 graph at `path` against the fp32 `model`: same logits shape at the image's
-    size and at an odd crop of it, labels agreeing on at least MIN_AGREEMENT of the pixels.
+    size and at an odd crop of it, labels agreeing on at least `min_agreement` of the pixels.
     Returns the agreement; a UserError when a check fails."""
     import onnxruntime as ort
 
@@ -143,9 +145,9 @@ def check_int8(model: SegmentationModel, path: str, image: torch.Tensor) -> floa
                             f"not {tuple(expected.shape)}; nothing written")
         if x is image:
             agreement = (got.argmax(1) == expected.argmax(1)).float().mean().item()
-    if agreement < MIN_AGREEMENT:
+    if agreement < min_agreement:
         raise UserError(f"the int8 graph's labels agree with fp32 on only {100 * agreement:.1f}% of a calibration "
-                        f"image's pixels (at least {100 * MIN_AGREEMENT:.0f}% needed); nothing written")
+                        f"image's pixels (at least {100 * min_agreement:.0f}% needed); nothing written")
     return agreement
 
 
