@@ -156,7 +156,10 @@ def main() -> None:
         paths["ort_int8"] = lambda x: int8(x)
         if not args.no_pt2e:
             start = time.perf_counter()
-            paths["pt2e_int8"] = pt2e_int8(model, calibration)
+            try:
+                paths["pt2e_int8"] = pt2e_int8(model, calibration)
+            except ImportError as err:
+                print(f"PT2E skipped: {err} (pip install torchao)")
             quantize_seconds["pt2e_int8"] = time.perf_counter() - start
         image = eval_transform(mean, std)(*val[0], None)[0][None]
         seconds = measure(paths, image, args.repeats)

@@ -122,6 +122,7 @@ def test_eval_cli_runs_the_int8_file(capsys, int8_file, tiny_checkpoint, tmp_pat
         assert code == 0, err
         metrics[name] = json.loads((tmp_path / f"{name}.json").read_text())
     assert abs(metrics["int8"]["pixel_accuracy"] - metrics["fp32"]["pixel_accuracy"]) <= 0.05
+    assert metrics["int8"]["inference"]["precision"] == "int8"
 
 
 @pytest.mark.parametrize(

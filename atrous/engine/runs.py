@@ -14,6 +14,7 @@ from atrous.engine.errors import UserError
 from atrous.engine.evaluate import evaluate, format_table
 from atrous.engine.files import write_json_atomic
 from atrous.engine.infer import Views, make_views
+from atrous.engine.onnx_model import OnnxModel
 from atrous.engine.predict import predict
 from atrous.models import SegmentationModel
 
@@ -107,7 +108,9 @@ def run_eval(args: Namespace) -> dict[str, Any]:
                        trimap_widths=args.trimap, progress=args.progress)
     metrics["checkpoint"] = args.checkpoint
     metrics["crf"] = args.crf
-    metrics["inference"] = {"precision": args.precision, "scales": list(views.scales), "flip": views.flip,
+    # an exported .onnx graph computes in its own precision (int8 or fp32), whatever --precision says
+    precision = model.precision if isinstance(model, OnnxModel) else args.precision
+    metrics["inference"] = {"precision": precision, "scales": list(views.scales), "flip": views.flip,
                             "window": views.window, "stride": views.stride}
     print(format_table(metrics))
     if args.json:
