@@ -107,13 +107,17 @@ def write_docs(results: dict, path: Path = DOCS) -> None:
              f"time, {results['threads']} thread(s), medians of {results['repeats']} interleaved runs; "
              f"agreement and mIoU on {fp32['images']} CamVid val images; calibration: "
              f"{results['calibrate_images']} CamVid train images.", "",
-             "| path | median s | time / fp32 | labels = fp32 | val mIoU | mIoU change (points) |",
-             "|---|---:|---:|---:|---:|---:|"]
+             "| path | median s | time / fp32 | labels = fp32 | val mIoU | mIoU change (points) "
+             "| making it (s) |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
     for name, row in rows.items():
+        making = f"{row['quantize_seconds']:.0f}" if row.get("quantize_seconds") else "-"
         lines.append(f"| {name} | {row['seconds']:.3f} | {row['seconds'] / fp32['seconds']:.2f}x | "
                      f"{100 * row['agreement']:.2f} % | {100 * row['mIoU']:.2f} | "
-                     f"{100 * (row['mIoU'] - fp32['mIoU']):+.2f} |")
-    lines += ["", f"Made by: `{results['command']}`", "", END]
+                     f"{100 * (row['mIoU'] - fp32['mIoU']):+.2f} | {making} |")
+    lines += ["", "Making it: export, calibration and quantization (onnxruntime); export, calibration and "
+              "torch.compile at 360x480 (PT2E).", "",
+              f"Made by: `{results['command'].replace(' --no-docs', '')}`", "", END]
     text = path.read_text()
     if BEGIN in text:
         head, rest = text.split(BEGIN, 1)

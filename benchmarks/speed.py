@@ -337,7 +337,7 @@ def write_docs(results: dict, path: Path = DOCS) -> None:
              "| GFLOP | GFLOP/s | % of peak |",
              "|---|---:|---|---|---:|---:|---:|---:|---:|---:|"]
     lines += [_line(row) for row in results["rows"]]
-    lines += ["", f"Made by: `{results['command']}`", "", END]
+    lines += ["", f"Made by: `{results['command'].replace(' --no-docs', '')}`", "", END]
     text = path.read_text()
     if BEGIN in text:
         head, rest = text.split(BEGIN, 1)

@@ -66,7 +66,8 @@ def test_every_model_exports_to_onnx_with_free_sizes(name, tmp_path):
             expected = model(x).numpy()
         got = session.run(None, {"input": x.numpy()})[0]
         assert got.shape == expected.shape == (x.shape[0], 3, *x.shape[2:])
-        assert np.abs(got - expected).max() <= TOLERANCE, (name, x.shape)
+        # float rounding grows with the logits (RefineNet's reach 30): relative and absolute
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=TOLERANCE, err_msg=f"{name} {tuple(x.shape)}")
 
 
 @pytest.mark.parametrize("name", ["segnet_basic", "attention_to_scale"])
