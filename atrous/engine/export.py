@@ -216,7 +216,8 @@ def _trace(
             other = torch.randn(2, model.in_channels, *size, generator=generator)
             with torch.no_grad():
                 expected, got = model(other), traced(other)
-            if got.shape != expected.shape or (got - expected).abs().max().item() > _CHECK_TOLERANCE:
+            scale = max(1.0, expected.abs().max().item())  # rounding grows with the logits
+            if got.shape != expected.shape or (got - expected).abs().max().item() > _CHECK_TOLERANCE * scale:
                 raise UserError(f"model '{name}' traced at {height}x{width} does not give the same logits at "
                                 f"{size[0]}x{size[1]}; export it with --static at the size you need")
     return traced, example
