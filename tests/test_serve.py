@@ -27,28 +27,8 @@ from starlette.testclient import TestClient  # noqa: E402
 
 import atrous  # noqa: E402
 from atrous.serve import ServeConfig, build_app  # noqa: E402
+from tests.conftest import CLASSES, PALETTE  # noqa: E402
 from tests.test_cli import assert_one_line_error, run  # noqa: E402
-
-CLASSES = ["sky", "road", "car", "tree", "sign"]
-PALETTE = [[70, 130, 180], [128, 64, 128], [220, 20, 60], [107, 142, 35], [250, 170, 30]]
-
-
-@pytest.fixture(scope="module")
-def varied_checkpoint(tmp_path_factory):
-    """A small random SegNet-Basic whose five classes all occur on a scene (He-normal
-    weights, zero biases), so that outputs are not one constant class."""
-    torch.manual_seed(0)
-    model = atrous.create_model("segnet_basic", len(CLASSES), channels=8, kernel_size=3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 4:
-                torch.nn.init.kaiming_normal_(param)
-            elif name.endswith("bias"):
-                param.zero_()
-    path = tmp_path_factory.mktemp("serve") / "varied.safetensors"
-    atrous.save_checkpoint(model.eval(), str(path), class_names=CLASSES, palette=PALETTE,
-                           mean=[0.45, 0.45, 0.45], std=[0.22, 0.22, 0.22])
-    return path
 
 
 @pytest.fixture(scope="module")

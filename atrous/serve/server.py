@@ -80,7 +80,7 @@ def build_app(config: ServeConfig) -> Any:
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A bound TCP socket (port 0: any free port), or one line saying why not."""
+    """A listening TCP socket (port 0: any free port), or one line saying why not."""
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as err:
@@ -89,6 +89,7 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(address)
+        sock.listen(2048)  # from here on, connections wait in the backlog until uvicorn accepts them
     except OSError as err:
         sock.close()
         raise UserError(f"--host {host} --port {port}: cannot listen there ({err.strerror})") from err
