@@ -129,6 +129,32 @@ def test_crf_result_and_the_raw_one_beside_it(client, varied_checkpoint, kind):
     assert body["crf"] == kind and "crf" in body["timings_ms"]
 
 
+def test_scales_and_flip_average_the_views_probabilities(client, varied_checkpoint):
+    import torch.nn.functional as F
+
+    image = scene()
+    model = atrous.load_checkpoint(str(varied_checkpoint))
+    x = (torch.from_numpy(image).permute(2, 0, 1).float()[None] / 255.0 - 0.45) / 0.22  # (1, 3, 37, 53)
+    probabilities = []
+    with torch.no_grad():
+        for size in ((28, 40), (37, 53)):  # scales 0.75 and 1: round(37 * 0.75), round(53 * 0.75)
+            scaled = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            for flipped in (False, True):
+                view = scaled.flip(-1) if flipped else scaled
+                p = torch.softmax(model(view), dim=1)
+                p = p.flip(-1) if flipped else p
+                probabilities.append(F.interpolate(p, size=(37, 53), mode="bilinear", align_corners=False))
+    expected = torch.stack(probabilities).mean(0).argmax(1)[0].numpy()
+    response = post(client, encode(image), "output=mask&scales=0.75,1&flip=true")
+    np.testing.assert_array_equal(png_array(response.content), expected)
+    body = post(client, encode(image), "output=json&scales=0.75,1&flip=1").json()
+    assert body["scales"] == [0.75, 1.0] and body["flip"] is True
+    big = np.zeros((400, 600, 3), np.uint8)  # 0.24 megapixels: under the limit of 0.5, not at scale 2
+    assert post(client, encode(big), "output=json").status_code == 200
+    refused = post(client, encode(big), "output=json&scales=1,2")
+    assert refused.status_code == 413 and "at scale 2" in refused.json()["error"]
+
+
 def test_every_pil_mode_and_format_is_accepted(client):
     grey = Image.fromarray(scene()[..., 0])
     for image, fmt in ((grey, "PNG"), (Image.fromarray(scene()).convert("RGBA"), "PNG"),
@@ -190,7 +216,9 @@ def test_bad_upload_is_a_one_line_4xx_and_the_server_goes_on(client, case):
     ("query", "fragment"),
     [("output=svg", "output must be one of mask|overlay|json"), ("crf=crfasrnn", "crf must be one of"),
      ("opacity=2", "opacity"), ("opacity=half", "opacity"), ("outptu=mask", "unknown query parameter 'outptu'"),
-     ("masks=yes", "masks must be")],
+     ("masks=yes", "masks must be"), ("scales=0", "scales must be"), ("scales=2.5", "scales must be"),
+     ("scales=1,,2", "scales must be"), ("scales=" + ",".join(["1"] * 9), "1 to 8"), ("scales=nan", "scales"),
+     ("flip=left", "flip must be")],
 )
 def test_bad_options_are_400(client, query, fragment):
     response = post(client, GOOD, query)

@@ -97,12 +97,12 @@ def canvas_pixels(page, selector: str) -> np.ndarray:
     return np.asarray(data, np.uint8).reshape(height, width, 4)[..., :3]
 
 
-def api_mask(url: str, png: bytes, crf: str = "none") -> np.ndarray:
+def api_mask(url: str, png: bytes, query: str = "crf=none") -> np.ndarray:
     """The class indices the API returns for `png` (an independent request, not the page's)."""
     boundary = uuid.uuid4().hex
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"image\"; filename=\"s.png\"\r\n"
             f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{boundary}--\r\n".encode()
-    request = urllib.request.Request(f"{url}predict?output=mask&crf={crf}", data=body, method="POST",
+    request = urllib.request.Request(f"{url}predict?output=mask&{query}", data=body, method="POST",
                                      headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     with urllib.request.urlopen(request, timeout=60) as response:
         return np.asarray(Image.open(io.BytesIO(response.read())))
@@ -157,14 +157,21 @@ def test_page_segments_an_upload_in_chromium(server, page, tmp_path):
     page.click("#crf button[data-value=dense]")
     page.wait_for_selector("#crf-views:not(.hidden)")
     page.wait_for_selector("body[data-state=done]")
-    refined = np.asarray(PALETTE, np.float64)[api_mask(server, image_path.read_bytes(), "dense")]
+    refined = np.asarray(PALETTE, np.float64)[api_mask(server, image_path.read_bytes(), "crf=dense")]
     np.testing.assert_array_equal(canvas_pixels(page, "#mask-crf"), refined)
     np.testing.assert_array_equal(canvas_pixels(page, "#mask"), colours)
     assert "CRF" in page.inner_text("#timings") and "%" in page.inner_text("#changed")
     page.click("#crf button[data-value=none]")  # back: the raw result is already there
     assert page.is_hidden("#crf-views") and len(predictions) == asked + 1
 
-    page.click("#crf button[data-value=dense]")
+    # atrous.infer's views (without the CRF): three scales, flipped
+    page.click("#scales button[data-value='0.75,1,1.25']")
+    page.check("#flip")
+    page.wait_for_function("document.getElementById('timings').textContent.includes('6 views')")
+    page.wait_for_selector("body[data-state=done]")
+    views = api_mask(server, image_path.read_bytes(), "scales=0.75,1,1.25&flip=true")
+    np.testing.assert_array_equal(canvas_pixels(page, "#mask"), np.asarray(PALETTE, np.float64)[views])
+
     page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
     if os.environ.get("ATROUS_SCREENSHOT"):  # keep a copy to look at
         shutil.copy(tmp_path / "serve.png", os.environ["ATROUS_SCREENSHOT"])

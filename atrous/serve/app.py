@@ -25,6 +25,7 @@ from atrous.serve.limits import Admission, BodyLimit, BodyTooLarge
 from atrous.serve.segment import CRF_KINDS, OUTPUTS, Options, Segmenter, Timer
 
 FIELD = "image"  # the multipart field holding the upload
+MAX_SCALES, MAX_SCALE = 8, 2.0  # per request: what one upload may cost
 
 
 class ApiError(Exception):
@@ -109,7 +110,7 @@ async def _internal_error(request: Request, err: Exception) -> Response:
 
 def parse_options(query: QueryParams, segmenter: Segmenter) -> Options:
     """The query string of /predict as Options; unknown names and bad values are 400s."""
-    known = ("output", "crf", "opacity", "masks")
+    known = ("output", "crf", "scales", "flip", "opacity", "masks")
     unknown = sorted(set(query.keys()) - set(known))
     if unknown:
         raise ApiError(400, f"unknown query parameter '{unknown[0]}'; known: {', '.join(known)}")
@@ -123,8 +124,23 @@ def parse_options(query: QueryParams, segmenter: Segmenter) -> Options:
         opacity = -1.0
     if not 0.0 <= opacity <= 1.0:
         raise ApiError(400, f"opacity must be a number from 0 to 1, got '{query.get('opacity')}'")
-    masks = _choice(query, "masks", ("true", "false", "1", "0"), "false") in ("true", "1")
-    return Options(output=output, crf=crf, opacity=opacity, masks=masks)
+    return Options(output=output, crf=crf, scales=_scales(query.get("scales", "1")), flip=_flag(query, "flip"),
+                   opacity=opacity, masks=_flag(query, "masks"))
+
+
+def _scales(text: str) -> tuple[float, ...]:
+    try:
+        scales = tuple(float(value) for value in text.split(","))
+    except ValueError:
+        scales = ()
+    if not 1 <= len(scales) <= MAX_SCALES or not all(0 < s <= MAX_SCALE for s in scales):
+        raise ApiError(400, f"scales must be 1 to {MAX_SCALES} comma-separated numbers in (0, {MAX_SCALE:g}], "
+                            f"e.g. 0.75,1,1.25; got '{text}'")
+    return scales
+
+
+def _flag(query: QueryParams, name: str) -> bool:
+    return _choice(query, name, ("true", "false", "1", "0"), "false") in ("true", "1")
 
 
 def _choice(query: QueryParams, name: str, choices: tuple[str, ...], default: str) -> str:

@@ -1,8 +1,10 @@
 """One uploaded image through the model (and a CRF): decode, segment, encode, each step timed.
 
-Everything here runs in a worker thread, never on the event loop. The model is shared by
-the threads (inference only reads it); each CRF is checked out of a small pool, one copy
-per concurrent request, because DenseCRF keeps a per-size cache that is not thread-safe.
+Inference is `atrous.infer`'s, as in `atrous predict`: the model prepared once at its
+precision, each request's views (scales, flip) averaged. Everything here runs in a worker
+thread, never on the event loop. The model is shared by the threads (inference only reads
+it); each CRF is checked out of a small pool, one copy per concurrent request, because
+DenseCRF keeps a per-size cache that is not thread-safe.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atrous.engine import decode_image
+from atrous.engine import ImageTooLarge, decode_image
 from atrous.engine.common import normalisation, palette_of
-from atrous.engine.evaluate import predict_logits
+from atrous.engine.infer import infer_views, make_views, prepare
 from atrous.engine.predict import index_png, overlay
 
 CRF_KINDS = ("none", "dense", "conv")
@@ -38,6 +40,8 @@ class Options:
 
     output: str = "mask"
     crf: str = "none"
+    scales: tuple[float, ...] = (1.0,)  # atrous.infer's views: the input resized by each scale,
+    flip: bool = False  # and mirrored left-right; their probabilities averaged
     opacity: float = 0.5  # overlay: weight of the class colours
     masks: bool = False  # json: also the index PNGs, base64
 
@@ -89,10 +93,11 @@ class Segmenter:
     def __init__(self, model: torch.nn.Module, crfs: dict[str, torch.nn.Module], *, name: str,
                  concurrency: int = 1, precision: str = "fp32", max_pixels: int | None = None) -> None:
         self.model = model.eval()
+        self.net = prepare(self.model, precision)
         self.name = name
-        self.precision = precision
+        self.precision = self.net.precision  # "auto" resolved
         self.max_pixels = max_pixels
-        self.device = next(model.parameters()).device
+        self.device = self.net.device
         self.crfs = {kind: Pool(crf, concurrency) for kind, crf in crfs.items()}
         mean, std = normalisation(model.meta)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -114,15 +119,20 @@ class Segmenter:
             "crf": [kind for kind in CRF_KINDS if kind == "none" or kind in self.crfs],
         }
 
-    def segment(self, image: torch.Tensor, crf: str, timer: Timer) -> tuple[np.ndarray, np.ndarray | None]:
+    def segment(self, image: torch.Tensor, options: Options, timer: Timer) -> tuple[np.ndarray, np.ndarray | None]:
         """(3, H, W) uint8 -> (H, W) uint8 labels, and the labels before the CRF when one ran."""
+        views = make_views(options.scales, options.flip)
+        largest = image.shape[1] * image.shape[2] * max(views.scales) ** 2
+        if self.max_pixels is not None and largest > self.max_pixels:
+            raise ImageTooLarge(f"at scale {max(views.scales):g} the image is {largest / 1e6:.1f} megapixels; "
+                                f"the limit is {self.max_pixels / 1e6:.1f}")
         with timer.step("model"):
             normalised = (image.float() / 255.0 - self.mean) / self.std
-            logits = predict_logits(self.model, normalised[None], self.precision)  # (1, K, H, W)
+            logits = infer_views(self.net, normalised[None], views)  # (1, K, H, W)
             labels = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
-        if crf == "none":
+        if options.crf == "none":
             return labels, None
-        with timer.step("crf"), self.crfs[crf].take() as layer, torch.no_grad():
+        with timer.step("crf"), self.crfs[options.crf].take() as layer, torch.no_grad():
             refined = layer(logits, image[None].to(logits.device).float())
             refined_labels = refined.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
         return refined_labels, labels
@@ -132,7 +142,7 @@ class Segmenter:
         (ImageTooLarge) for a bad upload."""
         with timer.step("decode"):
             image = decode_image(data, what, max_pixels=self.max_pixels, formats=UPLOAD_FORMATS)
-        labels, raw_labels = self.segment(image, options.crf, timer)
+        labels, raw_labels = self.segment(image, options, timer)
         with timer.step("encode"):
             if options.output == "mask":
                 return Result(_png(index_png(labels, self.palette)), "image/png", timer.ms)
@@ -140,7 +150,7 @@ class Segmenter:
                 blended = overlay(image.permute(1, 2, 0).numpy(), labels, self.palette, options.opacity)
                 return Result(_png(Image.fromarray(blended)), "image/png", timer.ms)
             summary = self.summary(labels, options.masks)
-            summary["crf"] = options.crf
+            summary.update(crf=options.crf, scales=list(options.scales), flip=options.flip)
             if raw_labels is not None:
                 summary["raw"] = self.summary(raw_labels, options.masks)
         summary["timings_ms"] = {k: round(v, 2) for k, v in timer.ms.items()}
