@@ -116,8 +116,8 @@ def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
     sv.add_argument("--crf-params", help="YAML/JSON file of CRF parameters; its 'kind' (dense, the default, or "
                                          "conv) says which CRF they set")
     sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default 20)")
-    sv.add_argument("--max-megapixels", type=float, default=12.0,
-                    help="larger images are refused from their header, before decoding (default 12)")
+    sv.add_argument("--max-megapixels", type=float, default=4.0,
+                    help="larger images are refused from their header, before decoding (default 4)")
     sv.add_argument("--concurrency", type=int, default=1, help="inferences running at once (default 1)")
     sv.add_argument("--queue", type=int, default=8,
                     help="prediction requests waiting beyond those; more are answered 503 (default 8)")

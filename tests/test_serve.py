@@ -282,6 +282,7 @@ def test_beyond_the_queue_requests_get_503_then_service_resumes(varied_checkpoin
         time.sleep(0.2)
         busy = post(client, GOOD)
         assert busy.status_code == 503 and "busy" in busy.json()["error"] and busy.headers["retry-after"] == "1"
+        assert client.get("/health").status_code == 200  # inference is off the event loop
         gate.open.set()
         for thread in threads:
             thread.join(timeout=30)

@@ -33,6 +33,7 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WIDTH, HEIGHT = 97, 61  # odd sizes: the overlay must keep the image's own size
 OPACITY = 0.55  # the slider's initial value
+MAX_PIXELS = 10_000  # the server's limit: the page resizes larger images to fit
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,8 @@ def server(varied_checkpoint, tmp_path_factory):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     with open(log_path, "w") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "atrous", "serve", "--checkpoint", str(varied_checkpoint), "--port", "0"],
+            [sys.executable, "-m", "atrous", "serve", "--checkpoint", str(varied_checkpoint), "--port", "0",
+             "--max-megapixels", str(MAX_PIXELS / 1e6)],
             stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
     try:
         url = _wait_for_url(process, log_path)
@@ -171,6 +173,14 @@ def test_page_segments_an_upload_in_chromium(server, page, tmp_path):
     page.wait_for_selector("body[data-state=done]")
     views = api_mask(server, image_path.read_bytes(), "scales=0.75,1,1.25&flip=true")
     np.testing.assert_array_equal(canvas_pixels(page, "#mask"), np.asarray(PALETTE, np.float64)[views])
+
+    # an image over the server's limit is resized in the browser to fit, not refused
+    page.click("#scales button[data-value='1']")
+    page.uncheck("#flip")
+    Image.fromarray(np.resize(scene(), (120, 160, 3))).save(tmp_path / "large.png")  # 19200 pixels
+    page.set_input_files("#file", str(tmp_path / "large.png"))
+    page.wait_for_function("document.getElementById('status').textContent.includes('resized from 160×120')")
+    assert page.eval_on_selector("#overlay", "c => [c.width, c.height]") == [115, 86]  # 160 x 120 * sqrt(10000 / 19200)
 
     page.screenshot(path=str(tmp_path / "serve.png"), full_page=True)
     if os.environ.get("ATROUS_SCREENSHOT"):  # keep a copy to look at

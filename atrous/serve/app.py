@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 from starlette.datastructures import QueryParams, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
@@ -159,6 +159,8 @@ async def read_upload(request: Request) -> tuple[bytes, str]:
         form = await request.form(max_files=1, max_fields=16)
     except HTTPException as err:  # Starlette's report of a malformed multipart body
         raise ApiError(400, f"cannot read the multipart upload: {err.detail}") from err
+    except ClientDisconnect as err:
+        raise ApiError(400, "the client went away during the upload") from err
     try:
         upload = form.get(FIELD)
         if not isinstance(upload, UploadFile):

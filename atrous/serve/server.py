@@ -21,7 +21,7 @@ class ServeConfig:
     port: int = 8000
     crf_params: str | None = None
     max_upload_mb: float = 20.0
-    max_megapixels: float = 12.0
+    max_megapixels: float = 4.0
     concurrency: int = 1
     queue: int = 8
     device: str | None = None
