@@ -4,6 +4,8 @@ fixed count of `POST /predict` requests; requests per second, p50/p95 latency, e
 be 0), requests refused with 503 (only in the overload row, by design) and the server's peak
 resident memory (VmHWM). The peer in the same run: the same work without HTTP
 (`Segmenter.run` called directly in this process), whose median is the floor of a request.
+Last, the memory bound: one image at the default --max-megapixels (the test image resized
+to 2304x1728), without and with the dense CRF, on a fresh server.
 
     .venv/bin/python benchmarks/serve_load.py [--checkpoint FILE] [--image FILE] [--requests 32]
 
@@ -35,6 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMVID_IMAGE = ROOT.parent / "shared" / "data" / "camvid" / "val" / "0016E5_07959.png"
+LIMIT_SIZE = (2304, 1728)  # 3.98 megapixels: just under `atrous serve`'s default --max-megapixels 4
 
 
 def demo_checkpoint(path: Path) -> Path:
@@ -51,8 +54,8 @@ def demo_checkpoint(path: Path) -> Path:
     return path
 
 
-def request_image(path: str | None) -> tuple[bytes, str]:
-    """PNG bytes to send and a description."""
+def request_image(path: str | None, size: tuple[int, int] | None = None) -> tuple[bytes, str]:
+    """PNG bytes to send (resized to `size` = (width, height) if given) and a description."""
     from PIL import Image
 
     if path is None and CAMVID_IMAGE.is_file():
@@ -66,6 +69,8 @@ def request_image(path: str | None) -> tuple[bytes, str]:
         scene = SyntheticScenes("val", size=480, length=1)[0][0]  # (3, 480, 480) uint8
         image = Image.fromarray(scene.permute(1, 2, 0).numpy()[:360])
         name = "synthetic scene"
+    if size is not None:
+        image = image.resize(size, Image.BILINEAR)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue(), f"{name}, {image.width}x{image.height}"
@@ -168,7 +173,7 @@ def _quantile(sorted_values: list[float], q: float) -> float:
     return float(np.quantile(np.asarray(sorted_values), q))
 
 
-def bare_median_ms(checkpoint: Path, png: bytes, query: dict[str, str], repeats: int) -> float:
+def bare_times_ms(checkpoint: Path, png: bytes, query: dict[str, str], repeats: int) -> list[float]:
     """The same work as one request, without HTTP: Segmenter.run in this process."""
     import atrous
     from atrous.engine.runs import build_crf
@@ -192,7 +197,7 @@ def bare_median_ms(checkpoint: Path, png: bytes, query: dict[str, str], repeats:
     worker = threading.Thread(target=work)
     worker.start()
     worker.join()
-    return 1000 * statistics.median(times)
+    return [1000 * t for t in times]
 
 
 def main() -> int:
@@ -204,7 +209,9 @@ def main() -> int:
     parser.add_argument("--output", choices=("mask", "overlay", "json"), default="mask")
     parser.add_argument("--crf", choices=("none", "dense", "conv"), default="none")
     parser.add_argument("--overload-clients", type=int, default=16,
-                        help="a last row with this many clients against --queue 2: 503s by design (0: no row)")
+                        help="a row with this many clients against --queue 2: 503s by design (0: no row)")
+    parser.add_argument("--no-limit-rows", dest="limit_rows", action="store_false",
+                        help="skip the two rows of one image at the default pixel limit")
     args = parser.parse_args()
 
     import torch
@@ -217,7 +224,9 @@ def main() -> int:
         checkpoint = Path(args.checkpoint) if args.checkpoint else demo_checkpoint(Path(tmp) / "demo.safetensors")
         rows = []
         queue = str(max(args.clients) + 1)
-        server = Server(checkpoint, Path(tmp) / "server.log", "--queue", queue, "--max-megapixels", "12")
+        repeats = max(3, args.requests // 8)
+        bare_times = bare_times_ms(checkpoint, png, query, repeats)  # before the server rows and after
+        server = Server(checkpoint, Path(tmp) / "server.log", "--queue", queue)
         try:
             warm = load(server, body, content_type, clients=1, requests=2, query=query_string)
             idle_rss = server.peak_rss_mib()
@@ -236,15 +245,27 @@ def main() -> int:
                                     requests=args.requests, query=query_string)})
             finally:
                 server.stop()
-        bare = bare_median_ms(checkpoint, png, query, repeats=max(5, args.requests // 4))
+        if args.limit_rows:
+            big, big_image = request_image(args.image, LIMIT_SIZE)
+            big_body, big_type = multipart(big)
+            server = Server(checkpoint, Path(tmp) / "limit.log")
+            try:
+                for crf in ("none", "dense"):
+                    rows.append({"row": f"1 image {LIMIT_SIZE[0]}x{LIMIT_SIZE[1]}, crf={crf}",
+                                 **load(server, big_body, big_type, clients=1, requests=1,
+                                        query=f"output={args.output}&crf={crf}")})
+            finally:
+                server.stop()
+        bare_times += bare_times_ms(checkpoint, png, query, repeats)
+        bare = statistics.median(bare_times)
 
     print(f"atrous serve load test: {image}, {query_string}, server --concurrency 1 --queue {queue}; "
           f"the same work without HTTP: {bare:.0f} ms (median); server RSS after warm-up {idle_rss:.0f} MiB")
     print(f"{'':<34} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p50/bare':>9} {'errors':>6} {'503':>5} {'peak RSS MiB':>13}")
     nan = float("nan")
     for row in rows:
-        ratio = row["p50_ms"] / bare if row["p50_ms"] else nan
-        row["p50_over_bare"] = round(ratio, 2)
+        ratio = row["p50_ms"] / bare if row["p50_ms"] and not row["row"].startswith("1 image") else nan
+        row["p50_over_bare"] = None if ratio != ratio else round(ratio, 2)  # NaN: not comparable
         print(f"{row['row']:<34} {row['requests_per_s']:>7.2f} {row['p50_ms'] or nan:>8.0f} {row['p95_ms'] or nan:>8.0f} "
               f"{ratio:>9.2f} {row['errors']:>6} {row['refused_503']:>5} {row['peak_rss_mib'] or nan:>13.0f}")
     result = {
@@ -256,6 +277,7 @@ def main() -> int:
         "query": query,
         "server_options": {"concurrency": 1, "queue": int(queue)},
         "bare_median_ms": round(bare, 1),
+        "bare_times_ms": [round(t, 1) for t in bare_times],
         "server_rss_after_warmup_mib": idle_rss,
         "rows": rows,
     }
