@@ -8,7 +8,7 @@ import torch
 
 from atrous.data.camvid import CAMVID_INFO, CamVid, median_frequency_weights
 from atrous.data.folder import FolderDataset
-from atrous.data.io import DataError, read_image, read_mask
+from atrous.data.io import DataError, ImageTooLarge, decode_image, read_image, read_mask
 from atrous.data.isbi import ISBI2012, ISBI_INFO
 from atrous.data.meta import IGNORE_INDEX, DatasetInfo, default_palette
 from atrous.data.synthetic import SYNTHETIC_INFO, SyntheticScenes
@@ -57,8 +57,10 @@ __all__ = [
     "DatasetInfo",
     "FolderDataset",
     "ISBI2012",
+    "ImageTooLarge",
     "SyntheticScenes",
     "build_dataset",
+    "decode_image",
     "default_palette",
     "eval_transform",
     "median_frequency_weights",
