@@ -7,7 +7,9 @@ indices 0..10 with 11 = Unlabelled, which becomes the void label 255.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from atrous.data import weights
@@ -55,6 +57,12 @@ class CamVid(torch.utils.data.Dataset):
 
     def mask_paths(self) -> list[str]:
         return [mask for _, mask in self.items]
+
+    def labels(self) -> Iterator[np.ndarray]:
+        """Every label map of the split with void as 255 (for class weights); images are not read."""
+        for path in self.mask_paths():
+            mask = read_mask(path)
+            yield np.where(mask == CAMVID_VOID, IGNORE_INDEX, mask).astype(np.uint8)
 
 
 def _read_listing(listing: str, root: str) -> list[tuple[str, str]]:
