@@ -23,7 +23,8 @@ path, `--repeats` rounds (`--large-repeats` at sizes over a megapixel) in which 
 runs once in turn; medians. FLOPs: torch.utils.flop_counter on the meta device (a
 multiply-add is 2 FLOPs). Peaks: the median GFLOP/s of square matmuls (fp32, bf16; int8
 through torch._int_mm) at each thread count, measured in the same run.
-Writes benchmarks/results/speed.json and the generated speed section of docs/benchmarks.md.
+Writes benchmarks/results/speed.json (keeping the rows of sizes and thread counts that this
+run does not measure) and the generated speed section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -276,6 +277,13 @@ def run(args: argparse.Namespace) -> dict:
         "weights": "torchvision COCO-VOC" if args.torchvision_weights else "random, batch-norm statistics from CamVid",
         "peaks_gflops": {}, "flops": {}, "rows": [],
     }
+    planned = {(f"{h}x{w}", t) for h, w in sizes for t in args.threads}
+    if RESULTS.is_file():  # rows of other sizes or thread counts, from earlier runs, are kept
+        earlier = json.loads(RESULTS.read_text())
+        results["rows"] = [r for r in earlier.get("rows", []) if (r["size"], r["threads"]) not in planned]
+        results["flops"] = {k: v for k, v in earlier.get("flops", {}).items() if k not in {p[0] for p in planned}}
+        if results["rows"]:
+            results["earlier"] = {"command": earlier.get("command"), "peaks_gflops": earlier.get("peaks_gflops")}
     agree: dict[str, dict[str, float]] = {}  # per size: labels do not depend on threads
     with tempfile.TemporaryDirectory(prefix="atrous-speed-") as folder:
         models = build_models(args, folder)
