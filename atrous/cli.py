@@ -95,8 +95,9 @@ def _add_crf_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
     """The views and precision of atrous.infer."""
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
-                   help="auto: bf16 where the CPU has native bf16 and on CUDA, fp32 elsewhere")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto (default): batch norm folded, bf16 + channels-last where the CPU has native "
+                        "bf16 and on CUDA, fp32 elsewhere; fp32: the model exactly as trained")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
                    help="average over the input resized by each scale, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
     p.add_argument("--flip", action="store_true", help="also average over the left-right mirrored input")

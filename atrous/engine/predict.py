@@ -57,7 +57,7 @@ def predict(
     out_dir: str,
     *,
     crf: torch.nn.Module | None = None,
-    precision: str = "fp32",
+    precision: str = "auto",
     views: Views | None = None,
     progress: bool = True,
 ) -> list[str]:
