@@ -4,6 +4,7 @@ from atrous.layers.aspp import ASPP, ASPPPooling
 from atrous.layers.aspp_sum import ASPPSum
 from atrous.layers.conv import ConvBNReLU, SeparableConv2d, conv_bn_relu
 from atrous.layers.fcn_head import FCNHead
+from atrous.layers.lraspp import LRASPPHead
 from atrous.layers.pyramid_pooling import PyramidPooling
 from atrous.layers.refinenet import (
     ChainedResidualPooling,
@@ -21,6 +22,7 @@ __all__ = [
     "ChainedResidualPooling",
     "ConvBNReLU",
     "FCNHead",
+    "LRASPPHead",
     "MultiResolutionFusion",
     "PyramidPooling",
     "RefineNetBlock",
