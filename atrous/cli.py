@@ -3,7 +3,7 @@
     atrous models
     atrous train --model NAME --dataset NAME --out DIR [options]
     atrous eval --checkpoint FILE --dataset NAME [--crf none|dense|conv] [--json FILE]
-    atrous predict --checkpoint FILE INPUT... --out DIR [--crf ...]
+    atrous predict --checkpoint FILE INPUT... --out DIR [--crf ...] [--batch-size B] [--save logits|probs]
     atrous demo [--out runs/demo]
 """
 
@@ -139,10 +139,15 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", dest="progress", action="store_false")
     _add_crf_arguments(ev)
 
-    pr = commands.add_parser("predict", help="segment images: DIR/<stem>.png and DIR/<stem>_overlay.png")
+    pr = commands.add_parser("predict", help="segment images and videos: DIR/<stem>.png and DIR/<stem>_overlay.png "
+                             "(a video: DIR/<stem>_overlay.mp4)")
     pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("inputs", nargs="+", metavar="INPUT")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image or video files, folders (their images and videos) or glob patterns ('**' recurses)")
     pr.add_argument("--out", required=True)
+    pr.add_argument("--batch-size", type=int, default=4, help="images or frames run at once (default 4)")
+    pr.add_argument("--save", choices=("logits", "probs"),
+                    help="also write DIR/<stem>_logits.npy or _probs.npy, float32 (K, H, W); (T, K, H, W) for a video")
     _add_inference_arguments(pr)
     pr.add_argument("--device")
     pr.add_argument("--no-progress", dest="progress", action="store_false")
