@@ -79,6 +79,7 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     p.add_argument("--stop-after", type=int, help="end this run after N iterations; continue with --resume")
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--train-split", help="split trained on (default train; CamVid: seq_train holds 0006R0 out)")
     p.add_argument("--eval-split", help="split evaluated at the end (default val)")
     p.add_argument("--eval-every", type=int, help="also evaluate every N iterations (a validation curve in log.jsonl)")
     p.add_argument("--synthetic-size", type=int)
