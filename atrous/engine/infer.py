@@ -25,6 +25,7 @@ force that arithmetic, folded too.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -133,7 +134,9 @@ class InferenceModel:
         if self.exact:
             self.network = model
         else:
-            self.network = fold_batch_norm(model, _example_input(model, self.device)).requires_grad_(False)
+            example = _example_input(model, self.device)
+            folded = copy.deepcopy(model).eval() if example is None else fold_batch_norm(model, example)
+            self.network = folded.requires_grad_(False)
             if self.channels_last:
                 self.network = self.network.to(memory_format=torch.channels_last)
 
@@ -148,11 +151,13 @@ class InferenceModel:
             return self.network(images).float().contiguous()
 
 
-def _example_input(model: nn.Module, device: torch.device) -> torch.Tensor:
-    """A small input for the batch-norm folding's data-flow pass and check."""
-    channels = getattr(model, "in_channels", None)
-    if channels is None:
-        channels = next(m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d))
+def _example_input(model: nn.Module, device: torch.device) -> torch.Tensor | None:
+    """A small input for the batch-norm folding's data-flow pass and check; None when the
+    model has nothing to fold (no batch norm, or no convolution to fold it into)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs or not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return None
+    channels = getattr(model, "in_channels", None) or convs[0].in_channels
     generator = torch.Generator().manual_seed(0)
     return torch.randn(1, channels, 64, 64, generator=generator).to(device)
 
