@@ -42,13 +42,16 @@ def calibrate_batch_norm(model: torch.nn.Module) -> None:
     [("fcn_resnet50", True), ("fcn_resnet101", False), ("deeplabv3_resnet50", True), ("deeplabv3_resnet101", False),
      ("deeplabv3_mobilenet_v3_large", True), ("lraspp_mobilenet_v3_large", False)],
 )
-def test_same_outputs_as_torchvision_at_any_size(name: str, aux: bool) -> None:
+def test_same_outputs_as_torchvision_at_any_size(name: str, aux: bool, tmp_path) -> None:
     torch.manual_seed(0)
     options = {} if name.startswith("lraspp") else {"aux_loss": aux}
     reference = getattr(segmentation, name)(weights=None, weights_backbone=None, num_classes=5, **options)
     calibrate_batch_norm(reference)
     model = atrous.from_torchvision(name, reference.state_dict()).eval()
     assert hasattr(model, "aux_head") == aux
+    if name.startswith("lraspp"):  # the options that reproduce torchvision survive a checkpoint
+        atrous.save_checkpoint(model, str(tmp_path / "m.safetensors"))
+        model = atrous.load_checkpoint(str(tmp_path / "m.safetensors")).eval()
     for size in [(97, 131), (61, 46)]:  # odd, and neither a multiple of the output stride
         x = torch.randn(1, 3, *size)
         with torch.no_grad():
@@ -63,18 +66,6 @@ def test_same_outputs_as_torchvision_at_any_size(name: str, aux: bool) -> None:
             aux_logits = model.aux_head(features[1] if name.startswith("fcn") else features[-2])
             aux_logits = F.interpolate(aux_logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
         assert (aux_logits - expected["aux"]).abs().max() <= 1e-4 * (1 + expected["aux"].abs().max())
-
-
-def test_a_converted_mobilenet_survives_a_checkpoint(tmp_path) -> None:
-    reference = segmentation.lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=3)
-    calibrate_batch_norm(reference)
-    model = atrous.from_torchvision("lraspp_mobilenet_v3_large", reference.state_dict()).eval()
-    atrous.save_checkpoint(model, str(tmp_path / "m.safetensors"))
-    loaded = atrous.load_checkpoint(str(tmp_path / "m.safetensors")).eval()
-    x = torch.randn(1, 3, 45, 67)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))
-        assert (loaded(x) - reference(x)["out"]).abs().max() <= 1e-4 * (1 + reference(x)["out"].abs().max())
 
 
 def test_unknown_name_is_refused() -> None:
