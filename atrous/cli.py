@@ -3,7 +3,7 @@
     atrous models
     atrous train --model NAME --dataset NAME --out DIR [options]
     atrous eval --checkpoint FILE --dataset NAME [--crf none|dense|conv] [--json FILE]
-    atrous predict --checkpoint FILE INPUT... --out DIR [--crf ...]
+    atrous predict --checkpoint FILE INPUT... --out DIR [--crf ...] [--batch-size B] [--save logits|probs]
     atrous serve --checkpoint FILE [--host 127.0.0.1] [--port 8000] [--crf-params FILE] [--max-upload-mb N]
     atrous demo [--out runs/demo]
 """
@@ -97,8 +97,9 @@ def _add_crf_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
     """The views and precision of atrous.infer."""
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
-                   help="auto: bf16 where the CPU has native bf16 and on CUDA, fp32 elsewhere")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto (default): batch norm folded, bf16 + channels-last where the CPU has native "
+                        "bf16 and on CUDA, fp32 elsewhere; fp32: the model exactly as trained")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
                    help="average over the input resized by each scale, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
     p.add_argument("--flip", action="store_true", help="also average over the left-right mirrored input")
@@ -158,10 +159,15 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", dest="progress", action="store_false")
     _add_crf_arguments(ev)
 
-    pr = commands.add_parser("predict", help="segment images: DIR/<stem>.png and DIR/<stem>_overlay.png")
+    pr = commands.add_parser("predict", help="segment images and videos: DIR/<stem>.png and DIR/<stem>_overlay.png "
+                             "(a video: DIR/<stem>_overlay.mp4)")
     pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("inputs", nargs="+", metavar="INPUT")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image or video files, folders (their images and videos) or glob patterns ('**' recurses)")
     pr.add_argument("--out", required=True)
+    pr.add_argument("--batch-size", type=int, default=4, help="images or frames run at once (default 4)")
+    pr.add_argument("--save", choices=("logits", "probs"),
+                    help="also write DIR/<stem>_logits.npy or _probs.npy, float32 (K, H, W); (T, K, H, W) for a video")
     _add_inference_arguments(pr)
     pr.add_argument("--device")
     pr.add_argument("--no-progress", dest="progress", action="store_false")

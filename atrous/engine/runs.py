@@ -123,4 +123,4 @@ def run_predict(args: Namespace) -> list[str]:
     model = _load(args.checkpoint, args.device)
     crf = build_crf(args.crf, model, args.crf_params)
     return predict(model, args.inputs, args.out, crf=crf, precision=args.precision, views=views,
-                   progress=args.progress)
+                   batch_size=args.batch_size, save=args.save, progress=args.progress)
