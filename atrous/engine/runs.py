@@ -10,6 +10,7 @@ import torch
 from atrous.data import build_dataset
 from atrous.engine.checkpoint import load_checkpoint
 from atrous.engine.common import read_mapping_file, resolve_device
+from atrous.engine.distributed import process_group, rank_device
 from atrous.engine.errors import UserError
 from atrous.engine.evaluate import evaluate, format_table
 from atrous.engine.files import write_json_atomic
@@ -77,10 +78,21 @@ class FirstItems(torch.utils.data.Dataset):
 
 
 def _load(path: str, device: str | None) -> SegmentationModel:
-    return load_checkpoint(path).to(resolve_device(device))
+    return load_checkpoint(path).to(rank_device(resolve_device(device)))
 
 
 def run_eval(args: Namespace) -> dict[str, Any]:
+    """Under torchrun the processes share the images (atrous.engine.evaluate); rank 0 reports."""
+    with process_group(resolve_device(args.device)) as world:
+        metrics = _eval(args)
+    if world.is_main:
+        print(format_table(metrics))
+        if args.json:
+            write_json_atomic(args.json, metrics)
+    return metrics
+
+
+def _eval(args: Namespace) -> dict[str, Any]:
     model = _load(args.checkpoint, args.device)
     dataset = build_dataset(args.dataset, args.split, data_root=args.data_root, num_classes=args.num_classes,
                             synthetic_size=args.synthetic_size)
@@ -100,9 +112,6 @@ def run_eval(args: Namespace) -> dict[str, Any]:
                        trimap_widths=args.trimap, progress=args.progress)
     metrics["checkpoint"] = args.checkpoint
     metrics["crf"] = args.crf
-    print(format_table(metrics))
-    if args.json:
-        write_json_atomic(args.json, metrics)
     return metrics
 
 
