@@ -3,6 +3,7 @@
     import atrous
     model = atrous.create_model("deeplab_v3plus", num_classes=11, backbone="resnet50")
     logits = model(images)  # (N, 11, H, W) for any H, W
+    scores = atrous.infer(model, images, scales=(0.75, 1.0, 1.25), flip=True)  # averaged views
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ _LAZY = {
     "save_checkpoint": "atrous.engine.checkpoint",
     "load_checkpoint": "atrous.engine.checkpoint",
     "from_torchvision": "atrous.models.torchvision_compat",
+    "infer": "atrous.engine.infer",
 }
 _LAZY_MODULES = ("crf", "metrics", "data", "engine", "layers", "backbones")
 
@@ -36,6 +38,7 @@ __all__ = [
     "__version__",
     "create_model",
     "from_torchvision",
+    "infer",
     "list_models",
     "load_checkpoint",
     "save_checkpoint",

@@ -92,6 +92,7 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace a model already in --out")
     p.add_argument("--stop-after", type=int, help="end this run after N iterations; continue with --resume")
     p.add_argument("--checkpoint-every", type=int)
+    p.add_argument("--train-split", help="split trained on (default train; CamVid: seq_train holds 0006R0 out)")
     p.add_argument("--eval-split", help="split evaluated at the end (default val)")
     p.add_argument("--eval-every", type=int, help="also evaluate every N iterations (a validation curve in log.jsonl)")
     p.add_argument("--synthetic-size", type=int)
@@ -105,6 +106,19 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
 def _add_crf_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--crf", choices=("none", "dense", "conv"), default="none", help="CRF refinement")
     p.add_argument("--crf-params", help="YAML/JSON file of CRF parameters (overrides the checkpoint's)")
+
+
+def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
+    """The views and precision of atrous.infer."""
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
+                   help="auto: bf16 where the CPU has native bf16 and on CUDA, fp32 elsewhere")
+    p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
+                   help="average over the input resized by each scale, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
+    p.add_argument("--flip", action="store_true", help="also average over the left-right mirrored input")
+    p.add_argument("--slide", type=int, nargs="+", metavar=("H", "W"),
+                   help="sliding-window inference with H x W windows (W defaults to H)")
+    p.add_argument("--stride", type=int, nargs="+", metavar=("S", "S_W"),
+                   help="window stride (default two thirds of the window)")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -130,7 +144,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--num-classes", type=int)
     ev.add_argument("--max-images", type=int, help="evaluate on the first N images only")
     ev.add_argument("--batch-size", type=int, default=4)
-    ev.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    _add_inference_arguments(ev)
     ev.add_argument("--device")
     ev.add_argument("--trimap", type=int, action="append", default=[], metavar="W",
                     help="also report mIoU within W pixels of label boundaries (repeatable)")
@@ -143,7 +157,7 @@ def _build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True)
     pr.add_argument("inputs", nargs="+", metavar="INPUT")
     pr.add_argument("--out", required=True)
-    pr.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    _add_inference_arguments(pr)
     pr.add_argument("--device")
     pr.add_argument("--no-progress", dest="progress", action="store_false")
     _add_crf_arguments(pr)

@@ -23,6 +23,7 @@ import sys
 
 import torch
 
+from atrous.layers import keep_init
 from atrous.models import SegmentationModel, list_models, register_model
 
 SMP_DEFAULT_ENCODER = "resnet18"
@@ -56,6 +57,7 @@ class SmpAdapter(SegmentationModel):
             classes=num_classes,
             **self._smp_options(output_stride),
         )
+        keep_init(self.net)  # smp's own initialisation, not atrous'
 
     def _smp_options(self, output_stride: int | None) -> dict[str, int]:
         if output_stride not in (None, 32):

@@ -112,6 +112,34 @@ def test_generated_tables() -> None:
     assert "| 56.0 | 60.0 | 80.0 | 58.0 |" in search and "DenseCRF" not in protocol
 
 
+def test_heldout_tables_and_seeds() -> None:
+    bench = import_benchmark("camvid")
+    scores = {"mIoU": 0.5, "mean_accuracy": 0.6, "pixel_accuracy": 0.8, "fw_iou": 0.7,
+              "per_class_iou": [0.25] * 11, "class_names": [f"c{i}" for i in range(11)], "images": 101}
+    base = dict(config="configs/camvid/unet_resnet18.yaml", recipe_name="camvid/unet_resnet18", backbone="resnet18",
+                dataset="camvid", model="unet", peer=False, params_m=1.0, gflops=2.0, latency_ms=3.0, iters=300,
+                crop_size=192, train_seconds=600.0, s_per_iter=2.0, threads=2, smoke=False, protocol="light",
+                train_split="seq_train", heldout_split="seq_test")
+    rows = {f"camvid/unet_resnet18@light@seed{seed}": dict(
+        base, recipe=f"camvid/unet_resnet18@light@seed{seed}", seed=seed, val=dict(scores, mIoU=0.50 + seed / 100),
+        heldout=dict(scores, mIoU=0.40 + seed / 100)) for seed in (0, 1, 2)}
+    text = bench.generated_section({"rows": rows})
+    assert "Light protocol (300 iterations, 192x192 crops)" in text and "Earlier rows" not in text
+    assert "| unet_resnet18@light@seed1 | unet | resnet18 | 1.00 | 2.0 | 3 | 300 | 192 | 600 | 2.00 | 51.0 | **41.0** |" in text
+    assert "| unet_resnet18 | light | 0, 1, 2 | 51.0 ± 1.0 | 41.0 ± 1.0 |" in text  # mean ± sample std
+    assert "| unet_resnet18@light@seed2 | " + " | ".join(["25.0"] * 11) + " |" in text
+    path = REPO / "configs/camvid/unet_resnet18.yaml"
+    assert bench.row_key(path, "light", 1) == "camvid/unet_resnet18@light@seed1"
+    assert bench.row_key(path, "recipe", None) == "camvid/unet_resnet18"
+    cfg = bench.train_config(path, out="x", iters=None, resume=False, overwrite=False, progress=False,
+                             overrides=bench.run_overrides("light", 1))
+    assert (cfg.iters, cfg.crop_size, cfg.seed, cfg.train_split) == (300, 192, 1, "seq_train")
+    assert bench.heldout_split(cfg) == "seq_test"
+    found = bench.commands(path, cfg, None, overrides=bench.run_overrides("light", 1))
+    assert "--iters 300 --crop-size 192 --seed 1" in found["train"]
+    assert found["eval_heldout"].endswith("--split seq_test")
+
+
 def test_camvid_figure_draws_examples_and_curves(tmp_path) -> None:
     figure = import_benchmark("camvid_figure")
     from PIL import Image

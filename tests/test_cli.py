@@ -227,3 +227,34 @@ def test_folder_void_value_becomes_255(tmp_path):
     (root / "classes.json").write_text(json.dumps({"classes": ["a", "b"], "ignore_index": 1}))
     _, mask = FolderDataset(str(root))[0]
     assert mask[0, 0] == 255 and mask.max() == 255 and set(mask.unique().tolist()) == {0, 255}
+
+
+def test_eval_and_predict_take_views(capsys, tmp_path, tiny_checkpoint):
+    metrics_file = tmp_path / "m.json"
+    code, out, _ = run(capsys, "eval", "--checkpoint", str(tiny_checkpoint), "--dataset", "synthetic",
+                       "--synthetic-size", "48", "--max-images", "2", "--scales", "0.75", "1", "--flip",
+                       "--slide", "32", "40", "--stride", "16", "--precision", "fp32", "--json", str(metrics_file),
+                       "--no-progress")
+    assert code == 0 and "mIoU" in out
+    assert json.loads(metrics_file.read_text())["inference"] == {
+        "precision": "fp32", "scales": [0.75, 1.0], "flip": True, "window": [32, 40], "stride": [16, 16]}
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.full((21, 35, 3), 90, np.uint8)).save(image)
+    code, _, _ = run(capsys, "predict", "--checkpoint", str(tiny_checkpoint), str(image), "--out", str(tmp_path / "p"),
+                     "--scales", "1", "1.5", "--flip", "--no-progress")
+    assert code == 0 and (tmp_path / "p" / "scene.png").is_file()
+
+
+@pytest.mark.parametrize(
+    "options,fragment",
+    [(["--scales", "0"], "--scales"), (["--slide", "0"], "--slide"), (["--slide", "8", "--stride", "9"], "--stride"),
+     (["--stride", "4"], "--slide"), (["--slide", "8", "8", "8"], "--slide")],
+)
+def test_impossible_views_end_in_one_line(capsys, tmp_path, tiny_checkpoint, options, fragment):
+    image = tmp_path / "scene.png"
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(image)
+    for command in (["eval", "--dataset", "synthetic"], ["predict", str(image), "--out", str(tmp_path / "p")]):
+        code, _, err = run(capsys, command[0], "--checkpoint", str(tiny_checkpoint), *command[1:], *options)
+        assert code == 2
+        assert_one_line_error(err, fragment)
+    assert not (tmp_path / "p").exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -152,6 +153,39 @@ def test_enet_and_sqrt_weights_hand_computed(tmp_path):
     assert class_weights("none", paths, 2) is None
     with pytest.raises(ValueError, match="unknown class weighting"):
         class_weights("inverse", paths, 2)
+
+
+def test_camvid_sequence_splits_real_files(camvid_root):
+    """seq_train: train frames of 0001TP and 0016E5; seq_test: the 101 of 0006R0; no frame
+    (and no sequence) is in both, and val's sequence is not the held-out one."""
+    from atrous.data.camvid import sequence_of
+
+    seq_train, seq_test = CamVid(str(camvid_root), "seq_train"), CamVid(str(camvid_root), "seq_test")
+    val = CamVid(str(camvid_root), "val")
+    assert (len(seq_train), len(seq_test)) == (266, 101)
+    train_sequences = {sequence_of(image) for image, _ in seq_train.items}
+    assert train_sequences == {"0001TP", "0016E5"}
+    assert {sequence_of(image) for image, _ in seq_test.items} == {"0006R0"}
+    assert {sequence_of(image) for image, _ in val.items} <= train_sequences
+
+
+def test_camvid_sequence_splits_hand_made(tmp_path):
+    names = ["0001TP_000030", "0006R0_f00930", "0016E5_00390", "Seq05VD_f00000", "0006R0_f00960"]
+    for folder in ("train", "trainannot"):
+        (tmp_path / folder).mkdir()
+    for name in names:
+        Image.fromarray(np.zeros((4, 6, 3), np.uint8)).save(tmp_path / "train" / f"{name}.png")
+        Image.fromarray(np.full((4, 6), 11, np.uint8)).save(tmp_path / "trainannot" / f"{name}.png")
+    # the SegNet listings hold absolute /SegNet/CamVid/... paths
+    (tmp_path / "train.txt").write_text("".join(
+        f"/SegNet/CamVid/train/{n}.png /SegNet/CamVid/trainannot/{n}.png\n" for n in names))
+    stems = lambda split: [os.path.basename(i).split(".")[0] for i, _ in CamVid(str(tmp_path), split).items]  # noqa: E731
+    assert stems("seq_test") == ["0006R0_f00930", "0006R0_f00960"]
+    assert stems("seq_train") == ["0001TP_000030", "0016E5_00390", "Seq05VD_f00000"]
+    assert int(CamVid(str(tmp_path), "seq_test")[0][1].max()) == 255  # void 11 -> 255 as in every split
+    (tmp_path / "train.txt").write_text(f"train/{names[0]}.png trainannot/{names[0]}.png\n")
+    with pytest.raises(DataError, match="seq_test.*0006R0"):
+        CamVid(str(tmp_path), "seq_test")
 
 
 def test_camvid_missing_folder(tmp_path):

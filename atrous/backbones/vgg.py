@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from atrous.backbones.base import Backbone, load_weights_file
+from atrous.layers import keep_init
 
 VGG16_STAGES: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
 
@@ -71,6 +72,7 @@ class VGG16(Backbone):
                 self._load_torchvision_weights()
             else:
                 load_weights_file(self, pretrained)
+            keep_init(self)  # loaded weights: create_model's initialisation leaves them alone
 
     def _load_torchvision_weights(self) -> None:
         """Fetch torchvision's ImageNet weights (network access needed) into `features`."""

@@ -2,6 +2,14 @@
 
 `<root>/{train,val,test}.txt` list `image label` relative paths; labels are 8-bit class
 indices 0..10 with 11 = Unlabelled, which becomes the void label 255.
+
+The SegNet val split (101 frames of sequence 0016E5) shares its sequence with 204 training
+frames, so val scores near-duplicates of what the model saw. The sequence-held-out protocol
+(docs/benchmarks.md) holds a whole sequence out instead; frames carry their sequence in the
+file name (0001TP, 0006R0, 0016E5, Seq05VD):
+- `seq_train`: the train.txt frames of every sequence but 0006R0 (0001TP and 0016E5, 266);
+- `seq_test`: the train.txt frames of 0006R0 (101), a sequence neither seq_train nor val holds.
+A model trained on seq_train is scored on both val and seq_test from one run.
 """
 
 from __future__ import annotations
@@ -26,13 +34,25 @@ CAMVID_INFO = DatasetInfo(
     ),
 )
 CAMVID_VOID = 11
+HELD_OUT_SEQUENCE = "0006R0"
+# split -> (listing file, keep a frame of sequence s?)
+SEQUENCE_SPLITS = {
+    "seq_train": ("train", lambda sequence: sequence != HELD_OUT_SEQUENCE),
+    "seq_test": ("train", lambda sequence: sequence == HELD_OUT_SEQUENCE),
+}
+
+
+def sequence_of(path: str) -> str:
+    """'0006R0' for '.../0006R0_f02400.png': CamVid names frames <sequence>_<frame>."""
+    return os.path.basename(path).split("_", 1)[0]
 
 
 class CamVid(torch.utils.data.Dataset):
     info = CAMVID_INFO
 
     def __init__(self, root: str, split: str = "train") -> None:
-        listing = os.path.join(root, f"{split}.txt")
+        source, keep = SEQUENCE_SPLITS.get(split, (split, None))
+        listing = os.path.join(root, f"{source}.txt")
         if not os.path.isdir(root):
             raise DataError(f"CamVid folder not found: {root} (pass --data-root)")
         if not os.path.isfile(listing):
@@ -40,6 +60,11 @@ class CamVid(torch.utils.data.Dataset):
         self.root = root
         self.split = split
         self.items = _read_listing(listing, root)
+        if keep is not None:
+            self.items = [item for item in self.items if keep(sequence_of(item[0]))]
+            if not self.items:
+                raise DataError(f"CamVid split '{split}': no frame of {listing} fits it "
+                                f"(the held-out sequence is {HELD_OUT_SEQUENCE})")
 
     def __len__(self) -> int:
         return len(self.items)

@@ -15,19 +15,17 @@ import torch
 from tqdm import tqdm
 
 from atrous.data import eval_transform
-from atrous.engine.common import autocast, batches_of_equal_size, normalisation
+from atrous.engine.common import batches_of_equal_size, normalisation
 from atrous.engine.distributed import World, all_reduce_sum, current_world
+from atrous.engine.infer import Views, infer, infer_views, prepare
 from atrous.metrics import ConfusionMatrix, trimap_mask
 from atrous.models import SegmentationModel
 
 
-@torch.no_grad()
 def predict_logits(model: SegmentationModel, images: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """(N, 3, H, W) normalised images -> (N, K, H, W) float32 logits on the model's device."""
-    device = next(model.parameters()).device
-    model.eval()
-    with autocast(device, precision):
-        return model(images.to(device)).float()
+    """(N, 3, H, W) normalised images -> (N, K, H, W) float32 logits on the model's device:
+    `atrous.infer` with one view (kept for its callers)."""
+    return infer(model, images, precision=precision)
 
 
 def evaluate(
@@ -36,11 +34,13 @@ def evaluate(
     *,
     batch_size: int = 4,
     precision: str = "fp32",
+    views: Views | None = None,
     crf: torch.nn.Module | None = None,
     trimap_widths: Sequence[int] = (),
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Metrics of `model` on `dataset` (full images, no crop). With `crf`, logits are refined
+    """Metrics of `model` on `dataset` (full images, no crop), through `atrous.infer` with
+    `views` (scales, flip, sliding window) at `precision`. With `crf`, the scores are refined
     first (it receives the raw 0..255 images). `trimap_widths` adds mIoU within w pixels of
     label boundaries under "trimap"."""
     mean, std = normalisation(model.meta)
@@ -49,12 +49,13 @@ def evaluate(
     ignore = info.ignore_index if info else 255
     matrix = ConfusionMatrix(num_classes, ignore)
     bands = {w: ConfusionMatrix(num_classes, ignore) for w in trimap_widths}
+    net, views = prepare(model, precision), views or Views()
     world = current_world()
     shard = torch.utils.data.Subset(dataset, shard_indices(len(dataset), batch_size, world))
     bar = tqdm(total=len(shard), desc="eval", disable=not (progress and world.is_main), dynamic_ncols=True,
                unit="img")
     for images, masks, raws in batches_of_equal_size(shard, batch_size, eval_transform(mean, std)):
-        logits = predict_logits(model, images, precision)
+        logits = infer_views(net, images, views)
         if crf is not None:
             logits = crf(logits, raws.to(logits.device).float())
         pred = logits.argmax(dim=1).cpu()

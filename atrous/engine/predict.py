@@ -15,8 +15,8 @@ from atrous.data import DataError, read_image
 from atrous.data.transforms import Normalize
 from atrous.engine.common import normalisation, palette_of
 from atrous.engine.errors import UserError
-from atrous.engine.evaluate import predict_logits
 from atrous.engine.files import write_atomic
+from atrous.engine.infer import Views, infer_views, prepare
 from atrous.models import SegmentationModel
 
 
@@ -58,10 +58,12 @@ def predict(
     *,
     crf: torch.nn.Module | None = None,
     precision: str = "fp32",
+    views: Views | None = None,
     progress: bool = True,
 ) -> list[str]:
-    """Segments every input image; returns the paths written. All inputs are read before
-    anything is written, so a bad input stops the run with nothing half done."""
+    """Segments every input image through `atrous.infer` (with `views`, at `precision`);
+    returns the paths written. All inputs are read before anything is written, so a bad
+    input stops the run with nothing half done."""
     stems = [os.path.splitext(os.path.basename(p))[0] for p in inputs]
     duplicates = sorted({s for s in stems if stems.count(s) > 1})
     if duplicates:
@@ -74,10 +76,11 @@ def predict(
     mean, std = normalisation(model.meta)
     normalise = Normalize(mean, std)
     palette = palette_of(model.meta, model.num_classes)
+    net, views = prepare(model, precision), views or Views()
     os.makedirs(out_dir, exist_ok=True)
     written: list[str] = []
     for stem, raw in tqdm(list(zip(stems, images, strict=True)), desc="predict", disable=not progress, unit="img"):
-        logits = predict_logits(model, normalise(raw, None)[0][None], precision)
+        logits = infer_views(net, normalise(raw, None)[0][None], views)
         if crf is not None:
             logits = crf(logits, raw[None].to(logits.device).float())
         labels = logits.argmax(dim=1)[0].cpu().numpy()

@@ -14,6 +14,7 @@ from atrous.engine.distributed import process_group, rank_device
 from atrous.engine.errors import UserError
 from atrous.engine.evaluate import evaluate, format_table
 from atrous.engine.files import write_json_atomic
+from atrous.engine.infer import Views, make_views
 from atrous.engine.predict import predict
 from atrous.models import SegmentationModel
 
@@ -81,6 +82,11 @@ def _load(path: str, device: str | None) -> SegmentationModel:
     return load_checkpoint(path).to(rank_device(resolve_device(device)))
 
 
+def views_of(args: Namespace) -> Views:
+    """The views of `--scales`, `--flip`, `--slide H [W]`, `--stride S [S]`, checked."""
+    return make_views(args.scales, args.flip, args.slide, args.stride)
+
+
 def run_eval(args: Namespace) -> dict[str, Any]:
     """Under torchrun the processes share the images (atrous.engine.evaluate); rank 0 reports."""
     with process_group(resolve_device(args.device)) as world:
@@ -93,6 +99,7 @@ def run_eval(args: Namespace) -> dict[str, Any]:
 
 
 def _eval(args: Namespace) -> dict[str, Any]:
+    views = views_of(args)
     model = _load(args.checkpoint, args.device)
     dataset = build_dataset(args.dataset, args.split, data_root=args.data_root, num_classes=args.num_classes,
                             synthetic_size=args.synthetic_size)
@@ -108,14 +115,18 @@ def _eval(args: Namespace) -> dict[str, Any]:
     if any(w < 1 for w in args.trimap):
         raise UserError("--trimap widths must be at least 1 pixel")
     crf = build_crf(args.crf, model, args.crf_params)
-    metrics = evaluate(model, dataset, batch_size=args.batch_size, precision=args.precision, crf=crf,
+    metrics = evaluate(model, dataset, batch_size=args.batch_size, precision=args.precision, views=views, crf=crf,
                        trimap_widths=args.trimap, progress=args.progress)
     metrics["checkpoint"] = args.checkpoint
     metrics["crf"] = args.crf
+    metrics["inference"] = {"precision": args.precision, "scales": list(views.scales), "flip": views.flip,
+                            "window": views.window, "stride": views.stride}
     return metrics
 
 
 def run_predict(args: Namespace) -> list[str]:
+    views = views_of(args)
     model = _load(args.checkpoint, args.device)
     crf = build_crf(args.crf, model, args.crf_params)
-    return predict(model, args.inputs, args.out, crf=crf, precision=args.precision, progress=args.progress)
+    return predict(model, args.inputs, args.out, crf=crf, precision=args.precision, views=views,
+                   progress=args.progress)

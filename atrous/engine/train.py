@@ -110,6 +110,7 @@ class TrainConfig:
     overwrite: bool = False
     stop_after: int | None = None
     checkpoint_every: int = 500
+    train_split: str = "train"
     eval_split: str | None = "val"
     eval_every: int | None = None
     eval_batch_size: int = 4
@@ -258,7 +259,7 @@ class Trainer:
         self.log_path = os.path.join(cfg.out, "log.jsonl")
         self._check_out_dir()
         torch.manual_seed(cfg.seed)
-        self.dataset = build_dataset(cfg.dataset, "train", data_root=cfg.data_root, num_classes=cfg.num_classes,
+        self.dataset = build_dataset(cfg.dataset, cfg.train_split, data_root=cfg.data_root, num_classes=cfg.num_classes,
                                      synthetic_size=cfg.synthetic_size, synthetic_length=cfg.synthetic_length)
         if len(self.dataset) == 0:
             raise UserError(f"the {cfg.dataset} training split is empty")

@@ -4,6 +4,7 @@ from atrous.layers.aspp import ASPP, ASPPPooling
 from atrous.layers.aspp_sum import ASPPSum
 from atrous.layers.conv import ConvBNReLU, SeparableConv2d, conv_bn_relu
 from atrous.layers.fcn_head import FCNHead
+from atrous.layers.init import INIT_SCHEMES, he_init_, keep_init
 from atrous.layers.pyramid_pooling import PyramidPooling
 from atrous.layers.refinenet import (
     ChainedResidualPooling,
@@ -21,6 +22,7 @@ __all__ = [
     "ChainedResidualPooling",
     "ConvBNReLU",
     "FCNHead",
+    "INIT_SCHEMES",
     "MultiResolutionFusion",
     "PyramidPooling",
     "RefineNetBlock",
@@ -28,5 +30,7 @@ __all__ = [
     "SeparableConv2d",
     "bilinear_kernel",
     "conv_bn_relu",
+    "he_init_",
+    "keep_init",
     "resize_like",
 ]

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from atrous.layers.init import keep_init
+
 
 class ASPPSum(nn.Module):
     """One 3x3 convolution per rate straight to `num_classes` (ASPP-L: rates 6, 12, 18, 24),
@@ -33,6 +35,7 @@ class ASPPSum(nn.Module):
         for conv in self.branches:
             nn.init.normal_(conv.weight, std=init_std)
             nn.init.zeros_(conv.bias)
+            keep_init(conv)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.stack([branch(x) for branch in self.branches]).sum(dim=0)

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atrous.layers.init import keep_init
+
 
 def bilinear_kernel(channels: int, kernel_size: int) -> torch.Tensor:
     """Weights (channels, channels, k, k) that make a transposed conv a bilinear upsampler,
@@ -29,6 +31,7 @@ class BilinearConvTranspose2d(nn.ConvTranspose2d):
         with torch.no_grad():
             self.weight.copy_(bilinear_kernel(channels, kernel_size))
         self.weight.requires_grad_(learnable)
+        keep_init(self)
 
 
 def resize_like(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from atrous.backbones import VGG16, Backbone, create_backbone
-from atrous.layers import BilinearConvTranspose2d, FCNHead
+from atrous.layers import BilinearConvTranspose2d, FCNHead, keep_init
 from atrous.models.base import SegmentationModel
 from atrous.models.registry import register_model
 
@@ -147,7 +147,7 @@ class FCN(SegmentationModel):
         conv = nn.Conv2d(self.backbone.channels[index - 2], self.num_classes, 1)
         nn.init.zeros_(conv.weight)
         nn.init.zeros_(conv.bias)
-        return conv
+        return keep_init(conv)
 
     def _upsampler(self, index: int) -> nn.Module:
         """Upsamples the fused scores so far to the stride of feature `index`."""
@@ -167,6 +167,7 @@ class FCN(SegmentationModel):
             state = weights.get_state_dict(progress=True)
         if "classifier.0.weight" in state:
             load_vgg16_classifier(self.head[0], state)
+            keep_init(self.head[0])
 
     def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(x)  # strides 8, 16, 32 (VGG16) or 8, 8, 8 (dilated ResNet)

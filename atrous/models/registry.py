@@ -6,6 +6,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+from atrous.backbones.timm_backbone import TimmBackbone
+from atrous.layers import INIT_SCHEMES, he_init_
 from atrous.models.base import SegmentationModel
 
 # a SegmentationModel subclass, or a function returning one
@@ -78,8 +80,14 @@ def create_model(
 
     `pretrained_backbone` is None, a local weights file, or a named source ("imagenet")
     fetched only when asked for. Unknown options raise a ValueError that lists the known.
+    `init="he"` (every model's option) initialises the layers atrous builds as smp does
+    (atrous.layers.init; timm encoders and loaded weights keep theirs); "none" keeps what
+    the constructors did (PyTorch's per-layer defaults).
     """
     builder = _get_builder(name)
+    init = options.pop("init", "he")
+    if init not in INIT_SCHEMES:
+        raise ValueError(f"init must be one of {INIT_SCHEMES}, got '{init}'")
     known = model_options(name)
     unknown = sorted(set(options) - set(known))
     if unknown:
@@ -93,6 +101,10 @@ def create_model(
         pretrained_backbone=pretrained_backbone,
         **options,
     )
+    if init == "he":
+        he_init_(model, num_classes, skip=(TimmBackbone,))
+    if init != "he":
+        options["init"] = init
     model.config = {
         "name": name,
         "num_classes": num_classes,

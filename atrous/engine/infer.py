@@ -1,0 +1,248 @@
+"""The one inference path (eval, predict, serve, benchmarks): `infer(model, images)`.
+
+Views, as the papers evaluate (DeepLab v2/v3/v3+ and PSPNet: multi-scale and flipped
+inputs; Cityscapes and ADE20K: sliding windows):
+
+- scales: the input resized (bilinear, align_corners=False) to round(H * s) x round(W * s),
+  run, its probabilities resized back to H x W;
+- flip: the input mirrored left-right, the output mirrored back;
+- window/stride: overlapping tiles of the (scaled) input, flush with the right and bottom
+  borders; where the input is smaller than the window it is zero-padded (the dataset's mean
+  colour after normalisation, as the training crops) at the bottom and right. Tile
+  probabilities are averaged where tiles overlap.
+
+The scores are log(mean over views of the class probabilities), so that their softmax is
+that mean and they feed the CRFs as logits. With a single view they are the model's logits
+(softmax(logits) is then the probability itself).
+
+Precision: "fp32" runs the model as it is (exact); "bf16"/"fp16" run it under autocast;
+"auto" picks bf16 on a CPU with native bf16 and on CUDA, fp32 elsewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atrous.engine.errors import UserError
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+TILE_BATCH = 4  # tiles run at once: memory stays bounded whatever the image size
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes in bf16 natively (AVX512-BF16 or AMX): autocast to bf16
+    is then faster than fp32; elsewhere it is emulated and slower."""
+    for probe in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        check = getattr(torch.cpu, probe, None)
+        if check is not None and check():
+            return True
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = handle.read()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """"auto" -> the fast precision for `device`; the others as they are."""
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
+@dataclass(frozen=True)
+class Views:
+    """Which views `infer` averages: scales x flips, each whole or in sliding windows."""
+
+    scales: tuple[float, ...] = (1.0,)
+    flip: bool = False
+    window: tuple[int, int] | None = None  # (height, width)
+    stride: tuple[int, int] | None = None  # (vertical, horizontal)
+
+    @property
+    def count(self) -> int:
+        return len(self.scales) * (2 if self.flip else 1)
+
+
+def make_views(
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    window: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+) -> Views:
+    """Checked views; an impossible option is a one-line UserError naming it. `window` and
+    `stride` are one side for both dimensions or (height, width); the stride defaults to two
+    thirds of the window (mmsegmentation's configs slide 769-pixel windows by 513)."""
+    scales = tuple(float(s) for s in scales)
+    if not scales:
+        raise UserError("--scales needs at least one scale")
+    bad = [s for s in scales if not (s > 0 and s < float("inf"))]
+    if bad:
+        raise UserError(f"--scales must be positive and finite, got {bad[0]:g}")
+    if window is None:
+        if stride is not None:
+            raise UserError("--stride needs --slide (the window that slides)")
+        return Views(scales, bool(flip))
+    window = _pair(window, "--slide")
+    stride = tuple(max(1, (2 * w) // 3) for w in window) if stride is None else _pair(stride, "--stride")
+    if stride[0] > window[0] or stride[1] > window[1]:
+        raise UserError(f"--stride {stride[0]} {stride[1]} must not exceed the window {window[0]} {window[1]} "
+                        "(tiles would leave gaps)")
+    return Views(scales, bool(flip), window, stride)
+
+
+def _pair(value: int | Sequence[int], option: str) -> tuple[int, int]:
+    values = [value] if isinstance(value, int) else list(value)
+    if len(values) not in (1, 2) or not all(isinstance(v, int) for v in values):
+        raise UserError(f"{option} takes one or two whole numbers (height [width]), got {value}")
+    if min(values) < 1:
+        raise UserError(f"{option} must be at least 1 pixel, got {min(values)}")
+    return (values[0], values[-1])
+
+
+@contextlib.contextmanager
+def _eval_mode(model: nn.Module) -> Iterator[None]:
+    """Evaluation mode for the duration; every submodule's own mode restored afterwards
+    (the training loop evaluates its model between steps)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
+class InferenceModel:
+    """A model ready for inference at one precision: `fp32` runs the model itself as it is;
+    the others run a copy (channels-last on the CPU) under autocast, the user's model
+    untouched. Calling it returns float32 logits on the model's device."""
+
+    def __init__(self, model: nn.Module, precision: str = "auto") -> None:
+        self.device = next(model.parameters()).device
+        self.precision = resolve_precision(precision, self.device)
+        self.channels_last = self.precision != "fp32" and self.device.type == "cpu"
+        if self.precision == "fp32":
+            self.network = model
+        else:
+            self.network = copy.deepcopy(model).eval().requires_grad_(False)
+            if self.channels_last:
+                self.network = self.network.to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.to(self.device)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        autocast = (torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+                    if self.precision in _DTYPES else contextlib.nullcontext())
+        with _eval_mode(self.network), autocast:
+            return self.network(images).float().contiguous()
+
+
+def prepare(model: nn.Module | InferenceModel, precision: str = "auto") -> InferenceModel:
+    """`model` ready for many `infer` calls (the copy and conversions are made once)."""
+    return model if isinstance(model, InferenceModel) else InferenceModel(model, precision)
+
+
+@torch.no_grad()
+def infer(
+    model: nn.Module | InferenceModel,
+    images: torch.Tensor,
+    *,
+    scales: Sequence[float] = (1.0,),
+    flip: bool = False,
+    window: int | Sequence[int] | None = None,
+    stride: int | Sequence[int] | None = None,
+    precision: str = "auto",
+    tile_batch: int = TILE_BATCH,
+) -> torch.Tensor:
+    """(N, C, H, W) images, normalised as for `model(x)` -> (N, K, H, W) float32 scores on
+    the model's device whose softmax is the class probability averaged over all views.
+    A model from `prepare()` keeps the precision it was prepared with."""
+    views = make_views(scales, flip, window, stride)
+    return infer_views(prepare(model, precision), images, views, tile_batch=tile_batch)
+
+
+def infer_views(net: InferenceModel, images: torch.Tensor, views: Views, *, tile_batch: int = TILE_BATCH) -> torch.Tensor:
+    """`infer` with checked views and a prepared model (what eval and predict call per batch)."""
+    if images.ndim != 4:
+        raise ValueError(f"expected images of shape (N, C, H, W), got {tuple(images.shape)}")
+    images = images.to(net.device)
+    size = images.shape[-2:]
+    if views.count == 1 and views.window is None and views.scales[0] == 1.0:
+        return net(images)  # one whole view: the logits themselves
+    total: torch.Tensor | None = None  # (N, K, H, W) sum of probabilities over views
+    for scale in views.scales:
+        scaled = _resize(images, _scaled_size(size, scale))
+        batch = torch.cat([scaled, scaled.flip(-1)]) if views.flip else scaled
+        if views.window is None:
+            probs = torch.softmax(net(batch), dim=1)
+        else:
+            probs = _slide(net, batch, views.window, views.stride, tile_batch)
+        if views.flip:
+            probs = probs[: len(images)] + probs[len(images) :].flip(-1)
+        probs = _resize(probs, size)
+        total = probs if total is None else total + probs
+    mean = total / views.count
+    return torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny))
+
+
+def _scaled_size(size: torch.Size, scale: float) -> tuple[int, int]:
+    return (max(1, int(size[0] * scale + 0.5)), max(1, int(size[1] * scale + 0.5)))
+
+
+def _resize(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def tile_starts(length: int, window: int, stride: int) -> list[int]:
+    """Where tiles of `window` start along a side of `length`, `stride` apart, the last one
+    flush with the end; a single tile at 0 when the side is no longer than the window."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+def _slide(
+    net: InferenceModel, images: torch.Tensor, window: tuple[int, int], stride: tuple[int, int], tile_batch: int
+) -> torch.Tensor:
+    """(B, C, H, W) -> (B, K, H, W) probabilities averaged over overlapping tiles, run
+    `tile_batch` tiles at a time."""
+    height, width = images.shape[-2:]
+    win_h, win_w = window
+    padded = F.pad(images, (0, max(win_w - width, 0), 0, max(win_h - height, 0)))  # zeros: the mean colour
+    pad_h, pad_w = padded.shape[-2:]
+    corners = [(top, left) for top in tile_starts(pad_h, win_h, stride[0]) for left in tile_starts(pad_w, win_w, stride[1])]
+    count = torch.zeros(pad_h, pad_w, device=images.device)
+    for top, left in corners:
+        count[top : top + win_h, left : left + win_w] += 1
+    tiles = [(index, top, left) for index in range(len(images)) for top, left in corners]
+    total: torch.Tensor | None = None  # (B, K, pad_h, pad_w)
+    for first in range(0, len(tiles), max(1, tile_batch)):
+        chunk = tiles[first : first + max(1, tile_batch)]
+        crops = torch.stack([padded[i, :, t : t + win_h, c : c + win_w] for i, t, c in chunk])
+        probs = torch.softmax(net(crops), dim=1)  # (T, K, win_h, win_w)
+        if total is None:
+            total = probs.new_zeros(len(images), probs.shape[1], pad_h, pad_w)
+        for (i, t, c), tile in zip(chunk, probs, strict=True):
+            total[i, :, t : t + win_h, c : c + win_w] += tile
+    return (total / count)[..., :height, :width]
