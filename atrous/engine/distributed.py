@@ -10,9 +10,9 @@ fails instead of waiting for ever; a rank that raises leaves the group at once (
 where the backend can), so that its peers' collectives fail too. torchrun itself stops the
 other ranks as soon as one exits with an error.
 
-Helpers: `all_reduce_sum` (in place; identity alone), `sum_across_ranks` (differentiable: its
-gradient is summed across ranks too), `all_reduce_gradients`, `sum_gradients_hook` (a
-DistributedDataParallel hook that sums gradients instead of averaging them).
+Helpers: `all_reduce_sum` (in place; identity alone), `all_reduce_gradients`,
+`sum_gradients_hook` (a DistributedDataParallel hook that sums gradients instead of
+averaging them).
 """
 
 from __future__ import annotations
@@ -139,25 +139,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     dist.all_reduce(tensor)
     return tensor
-
-
-class _SumAcrossRanks(torch.autograd.Function):
-    """y = sum over ranks of x; each rank's dL/dx = sum over ranks of dL/dy."""
-
-    @staticmethod
-    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
-        return all_reduce_sum(tensor.clone(memory_format=torch.contiguous_format))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return all_reduce_sum(grad.clone(memory_format=torch.contiguous_format))
-
-
-def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
-    """Differentiable sum over the ranks: every rank gets the total, and the gradient that
-    reaches each rank's `tensor` is the sum of all ranks' gradients of the total (so that a
-    statistic of the whole global batch, e.g. batch-norm's mean, trains as on one process)."""
-    return _SumAcrossRanks.apply(tensor) if is_active() else tensor
 
 
 def all_reduce_gradients(parameters: Iterable[torch.nn.Parameter]) -> None:

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from atrous.engine.distributed import World, all_reduce_sum, is_active, sum_across_ranks
+from atrous.engine.distributed import World, all_reduce_sum, is_active
 from atrous.engine.errors import UserError
 
 # devices on which torch's own SyncBatchNorm synchronises (its kernels); others use ours
@@ -68,12 +68,55 @@ class GlobalBatchSampler(torch.utils.data.Sampler[int]):
 
 
 # --- batch norm ---------------------------------------------------------------------------
+class _GlobalBatchNorm(torch.autograd.Function):
+    """Training-mode batch norm of x (N, C, ...) whose statistics are those of every rank's x
+    together, in the arithmetic of torch's CPU batch norm (sums accumulated in float64,
+    elementwise work in float32; the backward pass of its batch_norm_backward), so that one
+    rank and several agree as closely as two runs of torch's own. Two all-reduces forward
+    (the sum, then the squared deviations), one backward. Returns (normalised x, mean,
+    biased variance, global count); the last three are for the running averages."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float):
+        dims = [0, *range(2, x.dim())]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        values = x.float()
+        count = all_reduce_sum(torch.tensor([x.numel() // x.shape[1]], dtype=torch.float64, device=x.device))
+        mean = (all_reduce_sum(values.sum(dims, dtype=torch.float64)) / count).float()  # (C,)
+        centred = values - mean.view(shape)
+        var_sum = all_reduce_sum(centred.square().sum(dims, dtype=torch.float64))
+        invstd = torch.rsqrt(var_sum / count + eps).float()
+        scale = invstd * weight.float()
+        out = values * scale.view(shape) + (bias.float() - mean * scale).view(shape)
+        ctx.save_for_backward(values, weight, mean, invstd)
+        ctx.count = float(count)
+        var = var_sum / count
+        ctx.mark_non_differentiable(mean, var, count)
+        return out.to(x.dtype), mean, var, count
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, *_statistics: torch.Tensor):
+        values, weight, mean, invstd = ctx.saved_tensors
+        dims = [0, *range(2, values.dim())]
+        shape = [1, -1] + [1] * (values.dim() - 2)
+        grad = grad.float()
+        centred = values - mean.view(shape)
+        local = torch.stack([grad.sum(dims, dtype=torch.float64), (centred * grad).sum(dims, dtype=torch.float64)])
+        grad_bias, dot = local[0].float(), local[1]
+        grad_weight = (dot * invstd).float()  # this rank's part: DDP sums the ranks'
+        sum_grad, dot_all = all_reduce_sum(local.clone())  # (C,) each, over all ranks
+        k = (dot_all * invstd.double() ** 2 / ctx.count).float()
+        grad_x = (grad - (sum_grad / ctx.count).float().view(shape) - centred * k.view(shape))
+        grad_x = grad_x * (invstd * weight.float()).view(shape)
+        return grad_x.to(grad.dtype), grad_weight.to(weight.dtype), grad_bias.to(weight.dtype), None
+
+
 class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm over the global micro-batch for devices where torch's nn.SyncBatchNorm
-    does not run (CPU, gloo; DistributedDataParallel refuses it there): the statistics come
-    from two differentiable all-reduces (sum, then sum of squared deviations), so gradients
-    flow across ranks as in torch's implementation. Carries timm's BatchNormAct2d `drop` and
-    `act` when converted from one. In eval mode, or alone, it is plain batch norm."""
+    does not run (CPU, gloo; DistributedDataParallel refuses it there): `_GlobalBatchNorm`
+    in training, with the running averages of torch's batch norm (unbiased variance over the
+    global count). Carries timm's BatchNormAct2d `drop` and `act` when converted from one.
+    In eval mode, or alone, it is plain batch norm."""
 
     def _check_input_dim(self, x: torch.Tensor) -> None:
         if x.dim() < 2:
@@ -94,22 +137,16 @@ class AllReduceBatchNorm(nn.modules.batchnorm._BatchNorm):
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average
                 factor = 1.0 / float(self.num_batches_tracked)
-        dims = [0, *range(2, x.dim())]
-        shape = [1, -1] + [1] * (x.dim() - 2)
-        count = all_reduce_sum(torch.tensor([x.numel() // x.shape[1]], dtype=torch.float64)).item()
-        values = x.float()
-        mean = sum_across_ranks(values.sum(dims)) / count  # (C,)
-        centred = values - mean.view(shape)
-        var = sum_across_ranks(centred.square().sum(dims)) / count  # biased, for normalising
-        out = centred * torch.rsqrt(var + self.eps).view(shape)
-        if self.affine:
-            out = out * self.weight.view(shape) + self.bias.view(shape)
+        channels = x.shape[1]
+        weight = self.weight if self.affine else torch.ones(channels, device=x.device)
+        bias = self.bias if self.affine else torch.zeros(channels, device=x.device)
+        out, mean, var, count = _GlobalBatchNorm.apply(x, weight, bias, self.eps)
         if self.track_running_stats:
             with torch.no_grad():
-                unbiased = var * (count / max(count - 1, 1))
+                unbiased = var * (count / (count - 1).clamp(min=1))
                 self.running_mean.mul_(1 - factor).add_(factor * mean.to(self.running_mean.dtype))
                 self.running_var.mul_(1 - factor).add_(factor * unbiased.to(self.running_var.dtype))
-        return out.to(x.dtype)
+        return out
 
 
 def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
