@@ -85,6 +85,7 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp16 uses a gradient scaler (meant for GPUs)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--fused-optimizer", action="store_true", help="the optimiser's fused implementation (one kernel)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, help="data-loading processes")
     p.add_argument("--seed", type=int)

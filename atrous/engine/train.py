@@ -103,6 +103,7 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False
     compile: bool = False
+    fused_optimizer: bool = False
     device: str | None = None
     workers: int = 0
     seed: int = 0
@@ -222,10 +223,11 @@ class TrainStream(torch.utils.data.Dataset):
 
 
 def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    fused = True if cfg.fused_optimizer else None  # None: torch's default implementation
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def _total_iters(cfg: TrainConfig, dataset_length: int) -> int:
