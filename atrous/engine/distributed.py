@@ -122,11 +122,6 @@ def _leave(abort: bool) -> None:
     dist.destroy_process_group()
 
 
-def barrier() -> None:
-    if is_active():
-        dist.barrier()
-
-
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sums `tensor` over the ranks, in place, and returns it (unchanged alone). A CPU tensor
     is carried to the GPU and back where the backend (NCCL) only reduces GPU tensors."""
