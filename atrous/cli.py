@@ -213,9 +213,10 @@ def _train_config(args: argparse.Namespace):
         # --resume continues the run as it was configured: no need to repeat its flags
         saved = os.path.join(flags["out"], "config.json")
         if os.path.isfile(saved):
-            from atrous.engine.train import RESUME_MAY_CHANGE
+            from atrous.engine.train import RESUME_INHERITS, RESUME_MAY_CHANGE
 
-            run_control = set(RESUME_MAY_CHANGE)  # how the first run was driven is not inherited
+            # how the first run was driven is not inherited
+            run_control = set(RESUME_MAY_CHANGE) - set(RESUME_INHERITS)
             values.update({k: v for k, v in _read_config(saved, fields).items() if k not in run_control})
     if getattr(args, "config", None):
         values.update(_read_config(args.config, fields))

@@ -58,3 +58,19 @@ def test_fp16_with_a_gradient_scaler_resumes_exactly(tmp_path):
     a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "split" / "model.safetensors"))
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_keeps_grad_accum_unless_given(tmp_path, capsys):
+    """A run started with --grad-accum 2 resumes with it, or on other hardware with another K."""
+    out = str(tmp_path / "run")
+    code, _, err = run(capsys, "train", *SMALL, "--iters", "3", "--grad-accum", "2", "--stop-after", "1",
+                       "--out", out)
+    assert code == 0, err
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--stop-after", "1", "--no-progress")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 2
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--grad-accum", "1", "--no-progress")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 1
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events if "event" in e] == [("stopped", 1), ("stopped", 2), ("finished", 3)]

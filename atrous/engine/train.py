@@ -246,7 +246,11 @@ def _config_json(cfg: TrainConfig) -> dict[str, Any]:
 # the resumed run differ from one that never stopped
 # (the number of processes is not an option: a run resumes on any number, see the module's docstring)
 RESUME_MAY_CHANGE = ("resume", "overwrite", "stop_after", "device", "workers", "progress", "checkpoint_every",
-                     "eval_split", "eval_batch_size", "eval_every", "out", "compile", "dist_timeout")
+                     "eval_split", "eval_batch_size", "eval_every", "out", "compile", "dist_timeout", "grad_accum")
+# of those, the ones a --resume keeps unless given again: --grad-accum lets a run started on
+# 8 GPUs go on on 4 with the same global batch (batch norm then sees micro-batches of the
+# new size); --compile is a property of the run
+RESUME_INHERITS = ("grad_accum", "compile")
 
 
 class Trainer:
