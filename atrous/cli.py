@@ -4,6 +4,7 @@
     atrous train --model NAME --dataset NAME --out DIR [options]
     atrous eval --checkpoint FILE --dataset NAME [--crf none|dense|conv] [--json FILE]
     atrous predict --checkpoint FILE INPUT... --out DIR [--crf ...]
+    atrous serve --checkpoint FILE [--host 127.0.0.1] [--port 8000] [--crf-params FILE] [--max-upload-mb N]
     atrous demo [--out runs/demo]
 """
 
@@ -48,7 +49,7 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--config", help="YAML file with the same options as the flags (flags win)")
     p.add_argument("--model", help="model name (see `atrous models`)")
     p.add_argument("--dataset", help=f"one of {', '.join(DATASETS)}")
-    p.add_argument("--data-root", help="dataset folder (default ../shared/data/camvid or ../shared/data/isbi2012)")
+    p.add_argument("--data-root", help="dataset folder in its native layout (default ../shared/data/<dataset>)")
     p.add_argument("--out", help="output folder")
     p.add_argument("--backbone", help="timm model name, or vgg16 / vgg16_bn")
     p.add_argument("--output-stride", type=int, choices=(8, 16, 32))
@@ -122,6 +123,24 @@ def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
                    help="window stride (default two thirds of the window)")
 
 
+def _add_serve_parser(commands: argparse._SubParsersAction) -> None:
+    sv = commands.add_parser("serve", help="an HTTP API and a browser page for a checkpoint (pip install 'atrous[serve]')")
+    sv.add_argument("--checkpoint", required=True)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (0: any free port; default 8000)")
+    sv.add_argument("--crf-params", help="YAML/JSON file of CRF parameters; its 'kind' (dense, the default, or "
+                                         "conv) says which CRF they set")
+    sv.add_argument("--max-upload-mb", type=float, default=20.0, help="largest upload accepted (default 20)")
+    sv.add_argument("--max-megapixels", type=float, default=4.0,
+                    help="larger images are refused from their header, before decoding (default 4)")
+    sv.add_argument("--concurrency", type=int, default=1, help="inferences running at once (default 1)")
+    sv.add_argument("--queue", type=int, default=8,
+                    help="prediction requests waiting beyond those; more are answered 503 (default 8)")
+    sv.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
+                    help="auto: bf16 where the CPU has native bf16 and on CUDA, fp32 elsewhere")
+    sv.add_argument("--device")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="atrous", description="Semantic segmentation from FCN to DeepLab v3+.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -140,7 +159,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("eval", help="evaluate a checkpoint: per-class table and summary metrics")
     ev.add_argument("--checkpoint", required=True)
     ev.add_argument("--dataset", required=True, help=f"one of {', '.join(DATASETS)}")
-    ev.add_argument("--data-root")
+    ev.add_argument("--data-root", help="dataset folder in its native layout (default ../shared/data/<dataset>)")
     ev.add_argument("--split", default="val")
     ev.add_argument("--num-classes", type=int)
     ev.add_argument("--max-images", type=int, help="evaluate on the first N images only")
@@ -195,6 +214,8 @@ def _build_parser() -> argparse.ArgumentParser:
     fit.add_argument("--out", help="checkpoint to write (default: update --checkpoint in place, atomically)")
     fit.add_argument("--synthetic-size", type=int, default=128)
     fit.add_argument("--no-progress", dest="progress", action="store_false")
+
+    _add_serve_parser(commands)
 
     demo = commands.add_parser("demo", help="train DeepLab v3+ on synthetic scenes, evaluate, write overlays")
     demo.add_argument("--out", default="runs/demo")
@@ -302,6 +323,14 @@ def _command_fit_crf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_serve(args: argparse.Namespace) -> int:
+    from atrous.serve import ServeConfig, serve
+
+    names = [f.name for f in dataclasses.fields(ServeConfig)]
+    serve(ServeConfig(**{name: getattr(args, name) for name in names}))
+    return 0
+
+
 def _command_demo(args: argparse.Namespace) -> int:
     from atrous.engine.demo import run_demo
 
@@ -316,6 +345,7 @@ COMMANDS = {
     "predict": _command_predict,
     "export": _command_export,
     "fit-crf": _command_fit_crf,
+    "serve": _command_serve,
     "demo": _command_demo,
 }
 

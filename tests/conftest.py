@@ -1,4 +1,5 @@
-"""Shared fixtures: a tiny trained checkpoint, the real data folder."""
+"""Shared fixtures: a tiny trained checkpoint, a small random one with varied outputs, the
+real data folder."""
 
 from __future__ import annotations
 
@@ -52,6 +53,33 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny")
     train(tiny_config(out))
     return out / "model.safetensors"
+
+
+# the classes and colours of `varied_checkpoint`
+CLASSES = ["sky", "road", "car", "tree", "sign"]
+PALETTE = [[70, 130, 180], [128, 64, 128], [220, 20, 60], [107, 142, 35], [250, 170, 30]]
+
+
+@pytest.fixture(scope="session")
+def varied_checkpoint(tmp_path_factory) -> Path:
+    """A small random SegNet-Basic whose five classes all occur on a scene (He-normal
+    weights, zero biases): outputs that are not one constant class, in a 25 kB file."""
+    import torch
+
+    import atrous
+
+    torch.manual_seed(0)
+    model = atrous.create_model("segnet_basic", len(CLASSES), channels=8, kernel_size=3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 4:
+                torch.nn.init.kaiming_normal_(param)
+            elif name.endswith("bias"):
+                param.zero_()
+    path = tmp_path_factory.mktemp("varied") / "varied.safetensors"
+    atrous.save_checkpoint(model.eval(), str(path), class_names=CLASSES, palette=PALETTE,
+                           mean=[0.45, 0.45, 0.45], std=[0.22, 0.22, 0.22])
+    return path
 
 
 @pytest.fixture

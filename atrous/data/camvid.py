@@ -15,7 +15,9 @@ A model trained on seq_train is scored on both val and seq_test from one run.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
+import numpy as np
 import torch
 
 from atrous.data import weights
@@ -80,6 +82,12 @@ class CamVid(torch.utils.data.Dataset):
 
     def mask_paths(self) -> list[str]:
         return [mask for _, mask in self.items]
+
+    def labels(self) -> Iterator[np.ndarray]:
+        """Every label map of the split with void as 255 (for class weights); images are not read."""
+        for path in self.mask_paths():
+            mask = read_mask(path)
+            yield np.where(mask == CAMVID_VOID, IGNORE_INDEX, mask).astype(np.uint8)
 
 
 def _read_listing(listing: str, root: str) -> list[tuple[str, str]]:

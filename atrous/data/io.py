@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import io
 import os
+import struct
+import zlib
+from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+# what PIL's decoders raise on damaged or hostile data
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
+
 
 class DataError(ValueError):
     """A dataset file is missing, unreadable or does not fit (one-line message)."""
+
+
+class ImageTooLarge(DataError):
+    """An image whose header declares more pixels than allowed (a decompression bomb)."""
 
 
 def _open(path: str, what: str) -> Image.Image:
@@ -19,7 +30,7 @@ def _open(path: str, what: str) -> Image.Image:
     try:
         image = Image.open(path)
         image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except _DECODE_ERRORS as err:
         raise DataError(f"cannot read {what} {path}: {err}") from err
     return image
 
@@ -27,7 +38,40 @@ def _open(path: str, what: str) -> Image.Image:
 def read_image(path: str) -> torch.Tensor:
     """An RGB image as uint8 (3, H, W); greyscale, 16-bit and palette images are converted,
     EXIF orientation is applied."""
-    image = ImageOps.exif_transpose(_open(path, "image"))
+    return _as_rgb_tensor(ImageOps.exif_transpose(_open(path, "image")))
+
+
+def decode_image(data: bytes, what: str = "image", *, max_pixels: int | None = None,
+                 formats: Sequence[str] | None = None) -> torch.Tensor:
+    """An image file's bytes (e.g. an upload) as uint8 (3, H, W), converted as `read_image`
+    does. The size declared in the header is checked against `max_pixels` before any pixel
+    is decoded, so a small file that expands to gigabytes is refused cheaply. `formats`
+    limits the PIL decoders tried (e.g. ("PNG", "JPEG")); None tries all."""
+    if not data:
+        raise DataError(f"{what} is empty (0 bytes)")
+    try:
+        image = Image.open(io.BytesIO(data), formats=formats)
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(f"{what} is too large: {err}") from err
+    except _DECODE_ERRORS as err:
+        allowed = f" (accepted formats: {', '.join(formats)})" if formats else ""
+        raise DataError(f"{what} is not an image that can be read{allowed}") from err
+    width, height = image.size
+    if max_pixels is not None and width * height > max_pixels:
+        raise ImageTooLarge(f"{what} is {width}x{height} = {width * height / 1e6:.1f} megapixels; "
+                            f"the limit is {max_pixels / 1e6:.1f}")
+    try:
+        image.load()
+        return _as_rgb_tensor(ImageOps.exif_transpose(image))
+    except Image.DecompressionBombError as err:
+        raise ImageTooLarge(f"{what} is too large: {err}") from err
+    except _DECODE_ERRORS as err:
+        raise DataError(f"cannot decode {what} ({image.format}, {width}x{height}; damaged or truncated): "
+                        f"{str(err).strip() or type(err).__name__}") from err
+
+
+def _as_rgb_tensor(image: Image.Image) -> torch.Tensor:
+    """(3, H, W) uint8 of a loaded PIL image of any mode."""
     if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):  # 16-bit / float: scale to 8 bits
         values = np.asarray(image, dtype=np.float64)
         peak = values.max() if values.max() > 0 else 1.0

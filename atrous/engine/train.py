@@ -340,10 +340,10 @@ class Trainer:
     def _class_weights(self) -> torch.Tensor | None:
         if self.cfg.class_weights == "none":
             return None
-        if not hasattr(self.dataset, "mask_paths"):
+        if not hasattr(self.dataset, "labels"):
             raise UserError(f"--class-weights {self.cfg.class_weights} needs mask files; dataset {self.cfg.dataset} has none")
-        weights = class_weights(self.cfg.class_weights, self.dataset.mask_paths(), self.info.num_classes,
-                                void=getattr(self.dataset, "mask_void", 255))
+        weights = class_weights(self.cfg.class_weights, self.dataset.labels(), self.info.num_classes,
+                                void=self.info.ignore_index)
         return weights.to(self.device)
 
     def _build_adversary(self):

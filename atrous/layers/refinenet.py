@@ -9,18 +9,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atrous.layers.init import keep_init
+
 
 def conv3x3(in_channels: int, out_channels: int, bias: bool = True) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=bias)
 
 
 class ResidualConvUnit(nn.Module):
-    """RCU (Fig. 2b): ReLU - 3x3 conv - ReLU - 3x3 conv, plus the identity. No batch norm."""
+    """RCU (Fig. 2b): ReLU - 3x3 conv - ReLU - 3x3 conv, plus the identity. No batch norm.
+
+    The branch's last convolution starts at zero, so that an RCU starts as the identity
+    (as Fixup and zero-gamma ResNets do for residual units without normalisation): the
+    paper does not say how its new layers start, and with a He-initialised second conv
+    the variance doubles per RCU and a from-scratch RefineNet diverges at once."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv1 = conv3x3(channels, channels)
         self.conv2 = conv3x3(channels, channels)
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+        keep_init(self.conv2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.conv1(F.relu(x))
@@ -49,7 +59,9 @@ class MultiResolutionFusion(nn.Module):
 
 class ChainedResidualPooling(nn.Module):
     """Fig. 2d: ReLU, then a chain of (5x5 max pool stride 1 - 3x3 conv) blocks, each block's
-    output added to the running sum (the figure shows two blocks)."""
+    output added to the running sum (the figure shows two blocks). The convolutions start at
+    zero (CRP starts as the ReLU alone): a He-initialised chain triples the signal per
+    RefineNet block."""
 
     def __init__(self, channels: int, num_blocks: int = 2) -> None:
         super().__init__()
@@ -57,6 +69,9 @@ class ChainedResidualPooling(nn.Module):
             nn.Sequential(nn.MaxPool2d(5, stride=1, padding=2), conv3x3(channels, channels, bias=False))
             for _ in range(num_blocks)
         )
+        for block in self.blocks:  # each residual path starts at zero, as the RCU's (see there)
+            nn.init.zeros_(block[1].weight)
+            keep_init(block[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(x)

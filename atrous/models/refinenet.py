@@ -9,6 +9,10 @@ the stride-(2^(m+1)) path: residual conv units, multi-resolution fusion, chained
 pooling, output RCU (Sec. 3.2). The stride-4 output passes two more RCUs and a 1x1
 classifier (dropout 0.5 before it, as in the reference code); logits at stride 4 are upsampled
 bilinearly. Options: `crp_blocks` (2, as in Fig. 2d), `channels` (256), `dropout` (0.5).
+
+Initialisation (the paper does not give it): the last convolution of every residual path
+(RCU, CRP) starts at zero, so each block starts as the identity; the rest keeps PyTorch's
+defaults (`init="he"` does not apply: without normalisation it makes the logits overshoot).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import torch
 from torch import nn
 
 from atrous.backbones import create_backbone
-from atrous.layers import RefineNetBlock, ResidualConvUnit
+from atrous.layers import RefineNetBlock, ResidualConvUnit, keep_init
 from atrous.models.base import SegmentationModel
 from atrous.models.registry import register_model
 
@@ -61,6 +65,11 @@ class RefineNet(SegmentationModel):
             nn.Dropout(dropout),
             nn.Conv2d(channels, num_classes, 1),
         )
+        # no normalisation anywhere after the encoder: the blocks keep PyTorch's default
+        # initialisation (with zero-started residual paths, atrous.layers.refinenet), which
+        # starts at logits of std ~1; He's makes them ~3x larger and the first steps overshoot
+        for module in (self.reduce, self.refine, self.classifier):
+            keep_init(module)
 
     def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         paths = [reduce(f) for reduce, f in zip(self.reduce, self.backbone(x), strict=True)]  # strides 4..32

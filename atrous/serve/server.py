@@ -1,0 +1,109 @@
+"""`atrous serve`: load the checkpoint and the CRFs once, bind the socket, run uvicorn.
+
+Everything that can be wrong with the options (a bad checkpoint, CRF parameters, a port in
+use) is reported in one line before the server starts listening."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+from atrous.engine import UserError
+
+EXTRA_HINT = "pip install 'atrous[serve]'"
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    checkpoint: str
+    host: str = "127.0.0.1"
+    port: int = 8000
+    crf_params: str | None = None
+    max_upload_mb: float = 20.0
+    max_megapixels: float = 4.0
+    concurrency: int = 1
+    queue: int = 8
+    device: str | None = None
+    precision: str = "fp32"
+
+
+def require_serve_extra() -> None:
+    """One line naming the install command when the optional server libraries are absent."""
+    missing = []
+    for module, package in (("starlette", "starlette"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise UserError(f"atrous serve needs {', '.join(missing)}: {EXTRA_HINT}")
+
+
+def check_config(config: ServeConfig) -> None:
+    if not 0 <= config.port <= 65535:
+        raise UserError(f"--port must be from 0 to 65535, got {config.port}")
+    for option, value in (("--max-upload-mb", config.max_upload_mb), ("--max-megapixels", config.max_megapixels)):
+        if not value > 0:
+            raise UserError(f"{option} must be positive, got {value}")
+    if config.concurrency < 1:
+        raise UserError(f"--concurrency must be at least 1, got {config.concurrency}")
+    if config.queue < 0:
+        raise UserError(f"--queue must be 0 or more, got {config.queue}")
+
+
+def build_app(config: ServeConfig) -> Any:
+    """The Starlette app for `config`: the checkpoint loaded, the CRFs built."""
+    require_serve_extra()
+    check_config(config)
+    import os
+
+    from atrous.engine.checkpoint import load_checkpoint
+    from atrous.engine.common import read_mapping_file, resolve_device
+    from atrous.engine.runs import build_crf
+    from atrous.serve.app import Limits, create_app
+    from atrous.serve.segment import Segmenter
+
+    model = load_checkpoint(config.checkpoint).to(resolve_device(config.device))
+    params_kind = None
+    if config.crf_params:
+        params_kind = read_mapping_file(config.crf_params, "--crf-params").get("kind", "dense")
+        if params_kind not in ("dense", "conv"):
+            raise UserError(f"--crf-params {config.crf_params}: kind must be dense or conv, got '{params_kind}'")
+    crfs = {kind: build_crf(kind, model, config.crf_params if kind == params_kind else None)
+            for kind in ("dense", "conv")}
+    segmenter = Segmenter(model, crfs, name=os.path.basename(config.checkpoint), concurrency=config.concurrency,
+                          precision=config.precision, max_pixels=int(config.max_megapixels * 1e6))
+    limits = Limits(max_upload_bytes=int(config.max_upload_mb * 2**20), concurrency=config.concurrency,
+                    queue=config.queue)
+    return create_app(segmenter, limits)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: any free port), or one line saying why not."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except socket.gaierror as err:
+        raise UserError(f"--host {host}: {err.strerror}") from err
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)  # from here on, connections wait in the backlog until uvicorn accepts them
+    except OSError as err:
+        sock.close()
+        raise UserError(f"--host {host} --port {port}: cannot listen there ({err.strerror})") from err
+    return sock
+
+
+def serve(config: ServeConfig, *, log_level: str = "info") -> None:
+    """Load, bind, then serve until interrupted."""
+    app = build_app(config)
+    sock = bind(config.host, config.port)
+    import uvicorn
+
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"atrous serve: {config.checkpoint} on http://{shown}:{port}/ (Ctrl+C to stop)", flush=True)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5))
+    server.run(sockets=[sock])
