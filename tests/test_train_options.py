@@ -66,10 +66,12 @@ def test_resume_keeps_grad_accum_unless_given(tmp_path, capsys):
     code, _, err = run(capsys, "train", *SMALL, "--iters", "3", "--grad-accum", "2", "--stop-after", "1",
                        "--out", out)
     assert code == 0, err
-    code, _, err = run(capsys, "train", "--out", out, "--resume", "--stop-after", "1", "--no-progress")
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--stop-after", "1", "--eval-split", "",
+                       "--no-progress")
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 2
-    code, _, err = run(capsys, "train", "--out", out, "--resume", "--grad-accum", "1", "--no-progress")
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--grad-accum", "1", "--eval-split", "",
+                       "--no-progress")
     assert code == 0, err
     assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 1
     events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
