@@ -3,7 +3,7 @@
     atrous models
     atrous train --model NAME --dataset NAME --out DIR [options]
     atrous eval --checkpoint FILE --dataset NAME [--crf none|dense|conv] [--json FILE]
-    atrous predict --checkpoint FILE INPUT... --out DIR [--crf ...]
+    atrous predict --checkpoint FILE INPUT... --out DIR [--crf ...] [--batch-size B] [--save logits|probs]
     atrous serve --checkpoint FILE [--host 127.0.0.1] [--port 8000] [--crf-params FILE] [--max-upload-mb N]
     atrous demo [--out runs/demo]
 """
@@ -112,8 +112,9 @@ def _add_crf_arguments(p: argparse.ArgumentParser) -> None:
 
 def _add_inference_arguments(p: argparse.ArgumentParser) -> None:
     """The views and precision of atrous.infer."""
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="fp32",
-                   help="auto: bf16 where the CPU has native bf16 and on CUDA, fp32 elsewhere")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto (default): batch norm folded, bf16 + channels-last where the CPU has native "
+                        "bf16 and on CUDA, fp32 elsewhere; fp32: the model exactly as trained")
     p.add_argument("--scales", type=float, nargs="+", default=[1.0], metavar="S",
                    help="average over the input resized by each scale, e.g. 0.5 0.75 1.0 1.25 1.5 1.75")
     p.add_argument("--flip", action="store_true", help="also average over the left-right mirrored input")
@@ -173,10 +174,15 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", dest="progress", action="store_false")
     _add_crf_arguments(ev)
 
-    pr = commands.add_parser("predict", help="segment images: DIR/<stem>.png and DIR/<stem>_overlay.png")
+    pr = commands.add_parser("predict", help="segment images and videos: DIR/<stem>.png and DIR/<stem>_overlay.png "
+                             "(a video: DIR/<stem>_overlay.mp4)")
     pr.add_argument("--checkpoint", required=True)
-    pr.add_argument("inputs", nargs="+", metavar="INPUT")
+    pr.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image or video files, folders (their images and videos) or glob patterns ('**' recurses)")
     pr.add_argument("--out", required=True)
+    pr.add_argument("--batch-size", type=int, default=4, help="images or frames run at once (default 4)")
+    pr.add_argument("--save", choices=("logits", "probs"),
+                    help="also write DIR/<stem>_logits.npy or _probs.npy, float32 (K, H, W); (T, K, H, W) for a video")
     _add_inference_arguments(pr)
     pr.add_argument("--device")
     pr.add_argument("--no-progress", dest="progress", action="store_false")
@@ -194,6 +200,13 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="any batch size, height and width (default)")
     shape.add_argument("--static", dest="dynamic", action="store_false",
                        help="exactly (1, C, --height, --width)")
+    ex.add_argument("--int8", action="store_true",
+                    help="int8 ONNX (onnxruntime static quantization, QDQ, per-channel weights), calibrated "
+                         "on --calibrate-images training images of --calibrate-dataset")
+    ex.add_argument("--calibrate-dataset", help=f"with --int8: one of {', '.join(DATASETS)}")
+    ex.add_argument("--data-root", help="with --int8: the calibration dataset's folder")
+    ex.add_argument("--calibrate-images", type=int, default=32, help="with --int8: how many (default 32)")
+    ex.add_argument("--calibrate-method", default="minmax", help="with --int8: minmax (default), entropy or percentile")
 
     fit = commands.add_parser("fit-crf", help="fit CRF parameters on a frozen model's outputs (decoupled training)")
     fit.add_argument("--checkpoint", required=True)
@@ -310,6 +323,19 @@ def _command_predict(args: argparse.Namespace) -> int:
 def _command_export(args: argparse.Namespace) -> int:
     from atrous.engine.export import run_export
 
+    if args.int8:
+        from atrous.engine.quantize import run_export_int8
+
+        agreement = run_export_int8(args.checkpoint, args.out, dataset=args.calibrate_dataset,
+                                    data_root=args.data_root, images=args.calibrate_images,
+                                    method=args.calibrate_method, fmt=args.format, dynamic=args.dynamic,
+                                    opset=args.opset)
+        print(f"wrote {args.out} (int8 ONNX, dynamic input size; labels agree with fp32 on "
+              f"{100 * agreement:.1f}% of a calibration image)")
+        return 0
+    for flag in ("calibrate_dataset", "data_root"):
+        if getattr(args, flag):
+            raise UserError(f"--{flag.replace('_', '-')} applies to --int8 only")
     fmt = run_export(args.checkpoint, args.out, fmt=args.format, example_size=(args.height, args.width),
                      dynamic=args.dynamic, opset=args.opset)
     print(f"wrote {args.out} ({fmt}, {'dynamic' if args.dynamic else 'static'} input size)")

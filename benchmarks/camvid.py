@@ -17,7 +17,7 @@ budget, evaluate every checkpoint as `atrous eval` does, measure size, FLOPs and
   checkpoints and takes the training time from their metrics.json.
 - Evaluation: load_checkpoint + atrous.engine.evaluate.evaluate on the dataset's val split
   at full resolution, fp32, batch 4: `atrous eval --checkpoint OUT/model.safetensors
-  --dataset D --split val` gives the same numbers (for smp rows run
+  --dataset D --split val --precision fp32` gives the same numbers (for smp rows run
   `benchmarks/smp_models.py eval ...`, which registers the smp models first).
 - Measures: parameters; GFLOPs of one eval-mode forward at the dataset's image size
   (CamVid 360x480, ISBI 512x512; torch.utils.flop_counter.FlopCounterMode, which counts a
@@ -64,7 +64,7 @@ PROTOCOLS = ("recipe", "light")
 # CamVid's sequence-held-out protocol: train on seq_train, score on val and on seq_test
 HELDOUT_SPLIT = "seq_test"
 IMAGE_SIZES = {"camvid": (360, 480), "isbi2012": (512, 512)}
-EVAL_BATCH, EVAL_PRECISION = 4, "fp32"  # atrous eval's defaults
+EVAL_BATCH, EVAL_PRECISION = 4, "fp32"  # atrous eval's batch, and its exact path
 WARMUP, TIMED = 2, 5
 # peer rows and their atrous counterparts
 PEERS = {"camvid/smp_unet_resnet18": "camvid/unet_resnet18",
@@ -257,7 +257,7 @@ def commands(path: Path, cfg, iters: int | None, crf_params: str | None = None,
     root = f" --data-root {cfg.data_root}" if cfg.data_root else ""
     found = {
         "train": f"{cli} train --config {recipe} --out {cfg.out}{flags} --eval-split ''",
-        "eval": f"{cli} eval --checkpoint {checkpoint} --dataset {cfg.dataset}{root} --split val",
+        "eval": f"{cli} eval --checkpoint {checkpoint} --dataset {cfg.dataset}{root} --split val --precision fp32",
     }
     heldout = heldout_split(cfg)
     if heldout:

@@ -139,7 +139,7 @@ def test_heldout_tables_and_seeds() -> None:
     assert bench.heldout_split(cfg) == "seq_test"
     found = bench.commands(path, cfg, None, overrides=bench.run_overrides("light", 1))
     assert "--iters 300 --crop-size 192 --seed 1" in found["train"]
-    assert found["eval_heldout"].endswith("--split seq_test")
+    assert found["eval_heldout"].endswith("--split seq_test --precision fp32")
 
 
 def test_camvid_figure_draws_examples_and_curves(tmp_path) -> None:

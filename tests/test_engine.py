@@ -137,6 +137,20 @@ def test_training_refuses_to_overwrite_and_checks_resume(tmp_path, tiny_checkpoi
     assert tiny_checkpoint.read_bytes() == before
 
 
+def test_resume_of_a_run_saved_before_an_option_existed(tmp_path):
+    """A training state written by an older atrous lacks newer options (train_split, say):
+    they were at their defaults then, so the run resumes; a changed option is still refused."""
+    out = tmp_path / "old"
+    Trainer(tiny_config(out, stop_after=2)).run()
+    state_path = out / "train_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    del state["config"]["train_split"]
+    torch.save(state, state_path)
+    assert Trainer(tiny_config(out, resume=True)).step == 2
+    with pytest.raises(UserError, match="trained with train_split='train', not 'val'"):
+        Trainer(tiny_config(out, resume=True, train_split="val"))
+
+
 def test_a_failed_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch):
     model = atrous.create_model("unet", 2, backbone="resnet18")
     path = tmp_path / "model.safetensors"

@@ -194,24 +194,36 @@ def test_scales_flips_and_windows_combined():
         np.testing.assert_allclose(scores[n].double().numpy(), scores_of(expected), atol=1e-5)
 
 
-def test_precision_auto_follows_the_cpu(monkeypatch):
-    cpu = torch.device("cpu")
-    monkeypatch.setattr("atrous.engine.infer.cpu_has_native_bf16", lambda: False)
-    assert resolve_precision("auto", cpu) == "fp32"
-    net = context_net()
+def test_precision_auto_follows_the_cpu_and_fp32_stays_exact(monkeypatch):
+    from atrous.engine.infer import prepare
+    from tests.test_torchvision_compat import randomise_batch_norm
+
+    torch.manual_seed(3)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.Tanh(),
+                        nn.Conv2d(6, K, 3, padding=1))
+    randomise_batch_norm(net)
+    net.eval()
     x = torch.randn(1, 3, 20, 24)
     with torch.no_grad():
-        assert torch.equal(atrous.infer(net, x), net(x)), "auto without native bf16 is plain fp32"
+        reference = net(x)
+    cpu = torch.device("cpu")
+    assert torch.equal(atrous.infer(net, x, precision="fp32"), reference)
+    monkeypatch.setattr("atrous.engine.infer.cpu_has_native_bf16", lambda: False)
+    assert resolve_precision("auto", cpu) == "fp32"
+    fast = prepare(net)
+    assert fast.precision == "fp32" and not fast.channels_last
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.network.modules()), "batch norm folded"
+    assert (atrous.infer(fast, x) - reference).abs().max() < 1e-5
     monkeypatch.setattr("atrous.engine.infer.cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
     assert resolve_precision("fp32", cpu) == "fp32"
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    scores = atrous.infer(net, x)
-    with torch.no_grad():
-        reference = net(x)
+    fast = prepare(net)
+    assert fast.precision == "bf16" and fast.channels_last
+    scores = atrous.infer(fast, x)
     assert not torch.equal(scores, reference) and (scores - reference).abs().max() < 0.1  # bf16 rounding
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items()), "the user's model is untouched"
-    assert net[0].weight.is_contiguous(), "and keeps its memory format"
+    assert net[0].weight.is_contiguous() and isinstance(net[1], nn.BatchNorm2d), "its layout and layers too"
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -34,13 +35,16 @@ def create_backbone(
     out_indices: Sequence[int] | None = None,
     multi_grid: Sequence[int] | None = None,
     pretrained: str | None = None,
+    **timm_options: Any,
 ) -> Backbone:
     """`vgg16` / `vgg16_bn` are atrous' own (torchvision weight names); any other name is a
-    timm model used with `features_only=True`."""
+    timm model used with `features_only=True` (`timm_options`: TimmBackbone's other options)."""
     from atrous.backbones.timm_backbone import TimmBackbone
     from atrous.backbones.vgg import VGG16
 
     if name in ("vgg16", "vgg16_bn"):
+        if timm_options:
+            raise ValueError(f"backbone options {sorted(timm_options)} apply to timm backbones, not VGG16")
         if multi_grid is not None:
             raise ValueError("multi_grid applies to ResNet-style backbones, not VGG16")
         return VGG16(
@@ -57,6 +61,7 @@ def create_backbone(
         out_indices=out_indices,
         multi_grid=multi_grid,
         pretrained=pretrained,
+        **timm_options,
     )
 
 

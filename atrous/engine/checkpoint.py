@@ -72,7 +72,13 @@ def read_checkpoint_header(path: str) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> SegmentationModel:
-    """Rebuild the model saved at `path` (architecture, options, weights, meta)."""
+    """Rebuild the model saved at `path` (architecture, options, weights, meta). A `.onnx`
+    file written by `atrous export` (fp32 or int8) comes back as an onnxruntime-backed
+    model with the same interface and metadata (atrous.engine.onnx_model)."""
+    if os.path.splitext(path)[1].lower() == ".onnx":
+        from atrous.engine.onnx_model import load_onnx_model
+
+        return load_onnx_model(path)
     header = read_checkpoint_header(path)
     config = header["model"]
     try:

@@ -45,6 +45,19 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+@contextlib.contextmanager
+def eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    """Evaluation mode for the duration; every submodule's own mode restored afterwards
+    (the training loop evaluates its model between steps)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     """bf16 or fp16 autocast on CPU or GPU when asked; fp32 otherwise. (fp16 is for GPUs, with
     a gradient scaler in training; it runs on a CPU too, slowly.)"""

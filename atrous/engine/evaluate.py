@@ -33,7 +33,7 @@ def evaluate(
     dataset: torch.utils.data.Dataset,
     *,
     batch_size: int = 4,
-    precision: str = "fp32",
+    precision: str = "auto",
     views: Views | None = None,
     crf: torch.nn.Module | None = None,
     trimap_widths: Sequence[int] = (),

@@ -63,3 +63,42 @@ def write_text_atomic(path: str, text: str) -> None:
             handle.write(text)
 
     write_atomic(path, write)
+
+
+@contextlib.contextmanager
+def npy_stream(path: str) -> Iterator[Callable[[object], None]]:
+    """Yields `append(array)`: arrays of one shape and dtype, stacked along a new first axis
+    into the .npy file `path` when the block ends (atomically; nothing on failure). Memory
+    holds one array at a time: the data waits in a temporary file beside `path`."""
+    import shutil
+
+    import numpy as np
+
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    layout: dict[str, object] = {}
+    with tempfile.TemporaryFile(dir=folder) as raw:
+
+        def append(array: object) -> None:
+            array = np.ascontiguousarray(array)
+            if not layout:
+                layout.update(shape=array.shape, dtype=array.dtype, count=0)
+            elif (array.shape, array.dtype) != (layout["shape"], layout["dtype"]):
+                raise ValueError(f"{path}: array {array.shape} {array.dtype} does not stack on "
+                                 f"{layout['shape']} {layout['dtype']}")
+            raw.write(array.tobytes())
+            layout["count"] += 1
+
+        yield append
+        if not layout:
+            return
+        raw.seek(0)
+        header = {"descr": np.lib.format.dtype_to_descr(layout["dtype"]), "fortran_order": False,
+                  "shape": (layout["count"], *layout["shape"])}
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as out:
+                np.lib.format.write_array_header_2_0(out, header)
+                shutil.copyfileobj(raw, out, 1 << 24)
+
+        write_atomic(path, write)

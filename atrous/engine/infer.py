@@ -15,22 +15,27 @@ The scores are log(mean over views of the class probabilities), so that their so
 that mean and they feed the CRFs as logits. With a single view they are the model's logits
 (softmax(logits) is then the probability itself).
 
-Precision: "fp32" runs the model as it is (exact); "bf16"/"fp16" run it under autocast;
-"auto" picks bf16 on a CPU with native bf16 and on CUDA, fp32 elsewhere.
+Precision: "fp32" runs the model as it is (exact). The fast path, "auto" (the default),
+folds batch norm into the convolutions (a copy; atrous.engine.fold) and picks the
+arithmetic: bf16 autocast with channels-last on a CPU with native bf16 (AVX512-BF16, AMX)
+and on CUDA GPUs that have bf16 (fp16 on older ones), fp32 elsewhere. "bf16" and "fp16"
+force that arithmetic, folded too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atrous.engine.common import eval_mode
 from atrous.engine.errors import UserError
+from atrous.engine.fold import fold_batch_norm
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -115,32 +120,23 @@ def _pair(value: int | Sequence[int], option: str) -> tuple[int, int]:
     return (values[0], values[-1])
 
 
-@contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
-    """Evaluation mode for the duration; every submodule's own mode restored afterwards
-    (the training loop evaluates its model between steps)."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, mode in modes:
-            module.training = mode
-
-
 class InferenceModel:
-    """A model ready for inference at one precision: `fp32` runs the model itself as it is;
-    the others run a copy (channels-last on the CPU) under autocast, the user's model
-    untouched. Calling it returns float32 logits on the model's device."""
+    """A model ready for inference. "fp32" runs the model itself, exactly as `model(x)`.
+    Any other precision runs a copy with batch norm folded into the convolutions (the
+    user's model untouched), under bf16/fp16 autocast and channels-last when that is the
+    arithmetic. Calling it returns float32 logits on the model's device."""
 
     def __init__(self, model: nn.Module, precision: str = "auto") -> None:
         self.device = next(model.parameters()).device
-        self.precision = resolve_precision(precision, self.device)
-        self.channels_last = self.precision != "fp32" and self.device.type == "cpu"
-        if self.precision == "fp32":
+        self.precision = resolve_precision(precision, self.device)  # the arithmetic: fp32, bf16 or fp16
+        self.exact = precision == "fp32"
+        self.channels_last = self.precision in _DTYPES
+        if self.exact:
             self.network = model
         else:
-            self.network = copy.deepcopy(model).eval().requires_grad_(False)
+            example = _example_input(model, self.device)
+            folded = copy.deepcopy(model).eval() if example is None else fold_batch_norm(model, example)
+            self.network = folded.requires_grad_(False)
             if self.channels_last:
                 self.network = self.network.to(memory_format=torch.channels_last)
 
@@ -151,8 +147,19 @@ class InferenceModel:
             images = images.contiguous(memory_format=torch.channels_last)
         autocast = (torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
                     if self.precision in _DTYPES else contextlib.nullcontext())
-        with _eval_mode(self.network), autocast:
+        with eval_mode(self.network), autocast:
             return self.network(images).float().contiguous()
+
+
+def _example_input(model: nn.Module, device: torch.device) -> torch.Tensor | None:
+    """A small input for the batch-norm folding's data-flow pass and check; None when the
+    model has nothing to fold (no batch norm, or no convolution to fold it into)."""
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    if not convs or not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+        return None
+    channels = getattr(model, "in_channels", None) or convs[0].in_channels
+    generator = torch.Generator().manual_seed(0)
+    return torch.randn(1, channels, 64, 64, generator=generator).to(device)
 
 
 def prepare(model: nn.Module | InferenceModel, precision: str = "auto") -> InferenceModel:

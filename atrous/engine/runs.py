@@ -15,6 +15,7 @@ from atrous.engine.errors import UserError
 from atrous.engine.evaluate import evaluate, format_table
 from atrous.engine.files import write_json_atomic
 from atrous.engine.infer import Views, make_views
+from atrous.engine.onnx_model import OnnxModel
 from atrous.engine.predict import predict
 from atrous.models import SegmentationModel
 
@@ -119,7 +120,9 @@ def _eval(args: Namespace) -> dict[str, Any]:
                        trimap_widths=args.trimap, progress=args.progress)
     metrics["checkpoint"] = args.checkpoint
     metrics["crf"] = args.crf
-    metrics["inference"] = {"precision": args.precision, "scales": list(views.scales), "flip": views.flip,
+    # an exported .onnx graph computes in its own precision (int8 or fp32), whatever --precision says
+    precision = model.precision if isinstance(model, OnnxModel) else args.precision
+    metrics["inference"] = {"precision": precision, "scales": list(views.scales), "flip": views.flip,
                             "window": views.window, "stride": views.stride}
     return metrics
 
@@ -129,4 +132,4 @@ def run_predict(args: Namespace) -> list[str]:
     model = _load(args.checkpoint, args.device)
     crf = build_crf(args.crf, model, args.crf_params)
     return predict(model, args.inputs, args.out, crf=crf, precision=args.precision, views=views,
-                   progress=args.progress)
+                   batch_size=args.batch_size, save=args.save, progress=args.progress)

@@ -384,7 +384,7 @@ class Trainer:
             state = torch.load(self.state_path, map_location=self.device, weights_only=True)
         except Exception as err:  # a damaged file: say which and why, in one line
             raise UserError(f"--resume: cannot read {self.state_path}: {str(err).splitlines()[0]}") from err
-        # options added since the run began are at their defaults in it
+        # an option newer than the saved run was, for that run, at its default
         saved = {**_config_json(TrainConfig()), **state["config"]}
         current = _config_json(self.cfg)
         for key in current:

@@ -5,6 +5,7 @@ from atrous.layers.aspp_sum import ASPPSum
 from atrous.layers.conv import ConvBNReLU, SeparableConv2d, conv_bn_relu
 from atrous.layers.fcn_head import FCNHead
 from atrous.layers.init import INIT_SCHEMES, he_init_, keep_init
+from atrous.layers.lraspp import LRASPPHead
 from atrous.layers.pyramid_pooling import PyramidPooling
 from atrous.layers.refinenet import (
     ChainedResidualPooling,
@@ -23,6 +24,7 @@ __all__ = [
     "ConvBNReLU",
     "FCNHead",
     "INIT_SCHEMES",
+    "LRASPPHead",
     "MultiResolutionFusion",
     "PyramidPooling",
     "RefineNetBlock",

@@ -7,6 +7,7 @@ from atrous.models import (  # noqa: F401  (registers the models)
     attention,
     deeplab,
     fcn,
+    lraspp,
     pspnet,
     refinenet,
     segnet,

@@ -10,10 +10,11 @@ from torch import nn
 
 
 def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
-    """Zero-pad bottom and right so that height and width are multiples of `divisor`."""
+    """Zero-pad bottom and right so that height and width are multiples of `divisor`.
+    While tracing it always pads (perhaps by zero): the trace must pad at other sizes."""
     height, width = x.shape[-2:]
     pad_h, pad_w = (-height) % divisor, (-width) % divisor
-    if pad_h == 0 and pad_w == 0:
+    if not torch.jit.is_tracing() and pad_h == 0 and pad_w == 0:
         return x
     return F.pad(x, (0, pad_w, 0, pad_h))
 

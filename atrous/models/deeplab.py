@@ -30,12 +30,16 @@ Deviations from the v3/v3+ papers, as options: `multi_grid=None` turns multi-gri
 `aspp_dropout` is the 0.1 dropout of the reference code (0 removes it). For torchvision's
 DeepLabV3 (see atrous.from_torchvision): `head_conv=True` adds its 3x3 256-channel
 conv-BN-ReLU between ASPP and classifier, `aux_head=True` its auxiliary FCN head on the
-stride-16 features (loss weight 0.5).
+features before the deepest (loss weight 0.5), `rates` other ASPP rates (torchvision's
+MobileNetV3 model keeps 12/24/36 at output stride 16), `pad_input=False` runs on the image
+as it is instead of zero-padding it to a multiple of the output stride (torchvision does not
+pad), `backbone_options` are passed to the backbone (atrous.backbones.TimmBackbone).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -176,9 +180,11 @@ def deeplab_encoder(
     aspp_channels: int,
     aspp_dropout: float,
     separable: bool,
+    rates: Sequence[int] | None = None,
+    backbone_options: Mapping[str, Any] | None = None,
 ) -> tuple[Backbone, ASPP]:
     """The DeepLab v3 encoder shared by v3 and v3+: a backbone at `output_stride` (with
-    multi-grid on ResNets) and ASPP at the paper's rates for that stride."""
+    multi-grid on ResNets) and ASPP at `rates`, by default the paper's for that stride."""
     backbone = backbone or DEFAULT_BACKBONE
     features = create_backbone(
         backbone,
@@ -186,10 +192,10 @@ def deeplab_encoder(
         output_stride=output_stride,
         multi_grid=_multi_grid_for(backbone, multi_grid),
         pretrained=pretrained,
+        **dict(backbone_options or {}),
     )
-    aspp = ASPP(
-        features.channels[-1], aspp_rates(output_stride), aspp_channels, separable=separable, dropout=aspp_dropout
-    )
+    rates = tuple(rates) if rates else aspp_rates(output_stride)
+    aspp = ASPP(features.channels[-1], rates, aspp_channels, separable=separable, dropout=aspp_dropout)
     return features, aspp
 
 
@@ -211,12 +217,17 @@ class DeepLabV3(SegmentationModel):
         separable: bool = False,
         head_conv: bool = False,
         aux_head: bool = False,
+        rates: Sequence[int] | None = None,
+        pad_input: bool = True,
+        backbone_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels)
-        self.divisor = output_stride or 16
+        output_stride = output_stride or 16
         self.backbone, self.aspp = deeplab_encoder(
-            backbone, in_channels, self.divisor, pretrained_backbone, multi_grid, aspp_channels, aspp_dropout, separable
+            backbone, in_channels, output_stride, pretrained_backbone, multi_grid, aspp_channels, aspp_dropout,
+            separable, rates, backbone_options,
         )
+        self.divisor = output_stride if pad_input else 1
         self.head_conv = ConvBNReLU(aspp_channels, aspp_channels) if head_conv else nn.Identity()
         self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
         if aux_head:
@@ -227,7 +238,7 @@ class DeepLabV3(SegmentationModel):
         features = self.backbone(x)
         outputs = {"out": self.classifier(self.head_conv(self.aspp(features[-1])))}
         if self.training and "aux" in self.aux_weights:
-            outputs["aux"] = self.aux_head(features[-2])  # stride-16 features (layer3)
+            outputs["aux"] = self.aux_head(features[-2])  # ResNet: layer3, at stride 16 or 8
         return outputs
 
 

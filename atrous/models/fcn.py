@@ -17,7 +17,9 @@ so that every score map keeps its stride exactly.
 stride 8 (default), a head of 3x3 conv (C/4) - BN - ReLU - dropout 0.1 - 1x1 on layer4 and
 bilinear upsampling of the logits; FCN-16s / FCN-8s add zero-initialised 1x1 score layers on
 layer3 / layer2 (useful with `output_stride=32`, where the fusion upsamples x2 as in the
-paper). `aux_head=True` adds torchvision's auxiliary FCN head on layer3 (loss weight 0.5).
+paper). `aux_head=True` adds torchvision's auxiliary FCN head on layer3 (loss weight 0.5);
+`pad_input=False` (ResNet FCN-32s) runs on the image as it is instead of zero-padding it to
+a multiple of the output stride, as torchvision does.
 """
 
 from __future__ import annotations
@@ -112,13 +114,16 @@ class FCN(SegmentationModel):
         dropout: float | None = None,
         learn_final_upsampling: bool = False,
         aux_head: bool = False,
+        pad_input: bool = True,
     ) -> None:
         super().__init__(num_classes, in_channels)
         backbone = backbone or "vgg16"
         self.vgg = backbone in VGG_BACKBONES
         output_stride = output_stride or (32 if self.vgg else 8)
         self.backbone = build_backbone(backbone, in_channels, output_stride, pretrained_backbone)
-        self.divisor = self.backbone.output_stride
+        if not pad_input and (self.vgg or self.skips):
+            raise ValueError("pad_input=False is for the ResNet FCN-32s (torchvision's FCN); skips need aligned strides")
+        self.divisor = self.backbone.output_stride if pad_input else 1
         if self.vgg:
             self.head = nn.Sequential(
                 vgg_fc_as_conv(dropout=0.5 if dropout is None else dropout),

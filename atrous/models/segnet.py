@@ -38,9 +38,14 @@ def pool_with_indices(x: torch.Tensor) -> tuple[torch.Tensor, Pooled]:
 
 
 def unpool(x: torch.Tensor, memory: Pooled) -> torch.Tensor:
-    """Max-unpooling (Sec. 3): each value goes back to its argmax position, zeros elsewhere."""
-    indices, size = memory
-    return F.max_unpool2d(x, indices, 2, stride=2, output_size=size[-2:])
+    """Max-unpooling (Sec. 3): each value goes back to its argmax position, zeros elsewhere.
+
+    F.max_unpool2d written as a scatter into each (n, c) plane, the same values and gradient,
+    because max_unpool2d neither traces at free sizes nor exports to ONNX (ScatterElements
+    does); the 2x2 windows do not overlap, so no two values share an index."""
+    indices, size = memory  # indices (N, C, h, w) into each plane of `size` (N, C, H, W)
+    planes = x.new_zeros(size[0], size[1], size[2] * size[3])
+    return planes.scatter_(2, indices.flatten(2), x.flatten(2)).reshape(size)  # in place: as fast
 
 
 def conv_bn(in_channels: int, out_channels: int, kernel_size: int, *, relu: bool, bias: bool) -> list[nn.Module]:
