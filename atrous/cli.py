@@ -19,6 +19,8 @@ from typing import Any, NoReturn
 
 from atrous.data.weights import CLASS_WEIGHTINGS
 from atrous.engine import DATASETS, DataError, UserError
+from atrous.engine.distributed import error_prefix, is_main_process
+from atrous.engine.losses import LOSSES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -67,12 +69,24 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--poly-power", type=float)
     p.add_argument("--warmup-iters", type=int)
     p.add_argument("--class-weights", choices=CLASS_WEIGHTINGS)
+    p.add_argument("--loss", choices=LOSSES, help="training loss (default ce)")
+    p.add_argument("--ohem-thresh", type=float, help="ohem: train on pixels whose true-class probability is below (0.7)")
+    p.add_argument("--ohem-min-kept", type=int, help="ohem: at least this many pixels per image (100000)")
+    p.add_argument("--focal-gamma", type=float, help="focal: the focusing exponent (2)")
+    p.add_argument("--lovasz-per-image", action="store_true", help="lovasz: average per image, not over the batch")
+    p.add_argument("--grad-accum", type=int, help="split each global batch into K micro-batches (default 1)")
+    sync = p.add_mutually_exclusive_group()
+    sync.add_argument("--sync-bn", dest="sync_bn", action="store_true",
+                      help="batch norm over the global batch (default when run on several processes)")
+    sync.add_argument("--no-sync-bn", dest="sync_bn", action="store_false", help="batch norm per process")
     p.add_argument("--scale-min", type=float)
     p.add_argument("--scale-max", type=float)
     p.add_argument("--no-flip", dest="flip", action="store_false")
     p.add_argument("--jitter", type=float, help="colour jitter strength (0 = off)")
-    p.add_argument("--precision", choices=("fp32", "bf16"))
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp16 uses a gradient scaler (meant for GPUs)")
     p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model")
+    p.add_argument("--fused-optimizer", action="store_true", help="the optimiser's fused implementation (one kernel)")
     p.add_argument("--device", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--workers", type=int, help="data-loading processes")
     p.add_argument("--seed", type=int)
@@ -88,6 +102,7 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--adversarial", action="store_true", help="add Luc et al.'s adversarial loss")
     p.add_argument("--adversarial-weight", type=float, help="lambda of the adversarial loss")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--dist-timeout", type=float, help="seconds a process waits for the others (torchrun; 600)")
 
 
 def _add_crf_arguments(p: argparse.ArgumentParser) -> None:
@@ -232,9 +247,10 @@ def _train_config(args: argparse.Namespace):
         # --resume continues the run as it was configured: no need to repeat its flags
         saved = os.path.join(flags["out"], "config.json")
         if os.path.isfile(saved):
-            from atrous.engine.train import RESUME_MAY_CHANGE
+            from atrous.engine.train import RESUME_INHERITS, RESUME_MAY_CHANGE
 
-            run_control = set(RESUME_MAY_CHANGE)  # how the first run was driven is not inherited
+            # how the first run was driven is not inherited
+            run_control = set(RESUME_MAY_CHANGE) - set(RESUME_INHERITS)
             values.update({k: v for k, v in _read_config(saved, fields).items() if k not in run_control})
     if getattr(args, "config", None):
         values.update(_read_config(args.config, fields))
@@ -278,6 +294,8 @@ def _command_train(args: argparse.Namespace) -> int:
 
     cfg = _train_config(args)
     result = train(cfg)
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return 0
     summary = result["train"]
     print(f"trained {summary['iters']}/{summary['total_iters']} iterations in {summary['seconds']:.1f} s "
           f"-> {cfg.out}/model.safetensors")
@@ -365,7 +383,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UserError, DataError) as err:
         if args.debug:
             raise
-        print(f"atrous {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        print(f"atrous {args.command}: error: {error_prefix()}{_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"atrous {args.command}: interrupted", file=sys.stderr)
@@ -373,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:  # anything unexpected still ends in one line without --debug
         if args.debug:
             raise
-        print(f"atrous {args.command}: error: {type(err).__name__}: {_one_line(err)} "
+        print(f"atrous {args.command}: error: {error_prefix()}{type(err).__name__}: {_one_line(err)} "
               "(rerun with --debug for details)", file=sys.stderr)
         return 1
 

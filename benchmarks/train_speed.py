@@ -1,17 +1,25 @@
-"""Training speed of atrous against smp on identical work, in one process: the CamVid peer
-pairs' recipes (same data pipeline, loss, optimiser, bf16, channels-last, batch 8, 256 crops),
-their training steps interleaved (atrous, smp, atrous, smp, ...) so that both see the same
-machine state; the median seconds per step of each and their ratio.
+"""Training speed of atrous against smp on identical work, in one process, with and without
+torch.compile and the fused optimiser: the CamVid peer pairs' recipes (same data pipeline,
+loss, optimiser, bf16, channels-last, batch 8, 256 crops), their training steps interleaved
+(atrous eager, compiled, fused, smp eager, compiled, fused, atrous eager, ...) so that all
+see the same machine state; the median seconds per step of each (and the fastest step: on a
+shared machine, what a step costs when nothing else runs), steps per second, and the speed
+ratios (of medians).
 
     .venv/bin/python benchmarks/train_speed.py [--steps 15] [--warmup 3] [--threads 2]
+        [--variants eager compile fused] [--pairs unet deeplab_v3plus]
 
-The benchmark table's s/iter columns are whole-run means of runs that may have shared the CPU
-with other jobs; this is the controlled comparison. Writes benchmarks/results/train_speed.json.
+`compile` is the recipe with `compile: true` (torch.compile of the model, default mode); its
+first step (compilation) is reported apart and its warm-up steps are not timed. `fused` is
+the recipe with `fused_optimizer: true` (the optimiser's fused kernel). The benchmark
+table's s/iter columns are whole-run means of runs that may have shared the CPU with other
+jobs; this is the controlled comparison. Writes benchmarks/results/train_speed.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -19,46 +27,72 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import camvid  # benchmarks/camvid.py: recipes, the peer pairs, the smp adapters
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+VARIANTS = {"eager": {}, "compile": {"compile": True}, "fused": {"fused_optimizer": True}}
 
 
-def make_stepper(recipe: Path, out: str):
-    """A function doing one training step of the recipe's Trainer (its own data stream)."""
+def make_stepper(recipe: Path, out: str, **overrides) -> Callable[[], float]:
+    """A function doing one training step of the recipe's Trainer (its own data stream),
+    returning the seconds the step took (data loading not counted)."""
     from atrous.engine.train import Trainer, poly_lr
 
     cfg = camvid.train_config(recipe, out=out, iters=10_000, resume=False, overwrite=True, progress=False)
-    trainer = Trainer(cfg)
-    batches = iter(trainer._loader())
+    trainer = Trainer(dataclasses.replace(cfg, **overrides))
+    steps = trainer.steps()
 
     def step() -> float:
-        images, masks = next(batches)  # data loading is outside the timing, as for both models
+        micro_batches = next(steps)  # data loading is outside the timing, as for every model
         start = time.perf_counter()
-        trainer._train_step(images, masks, poly_lr(cfg.base_lr, trainer.step, trainer.total, cfg.poly_power))
+        trainer._train_step(micro_batches, poly_lr(cfg.base_lr, trainer.step, trainer.total, cfg.poly_power))
         trainer.step += 1
         return time.perf_counter() - start
 
     return step
 
 
-def compare(ours: Path, peer: Path, steps: int, warmup: int) -> dict:
+def compare(ours: Path, peer: Path, variants: list[str], steps: int, warmup: int) -> dict:
     camvid.register_smp_models()
+    names = {"atrous": ours, "smp": peer}
     with tempfile.TemporaryDirectory() as tmp:
-        a, b = make_stepper(ours, f"{tmp}/a"), make_stepper(peer, f"{tmp}/b")
-        for _ in range(warmup):
-            a(), b()
-        times_a, times_b = [], []
+        steppers = {f"{who}:{variant}": make_stepper(recipe, f"{tmp}/{who}_{variant}", **VARIANTS[variant])
+                    for who, recipe in names.items() for variant in variants}
+        first = {key: step() for key, step in steppers.items()}  # compilation happens here
+        for _ in range(warmup - 1):
+            for step in steppers.values():
+                step()
+        times: dict[str, list[float]] = {key: [] for key in steppers}
         for _ in range(steps):
-            times_a.append(a())
-            times_b.append(b())
-    med_a, med_b = statistics.median(times_a), statistics.median(times_b)
-    return {"atrous": camvid.recipe_key(ours), "smp": camvid.recipe_key(peer), "steps": steps,
-            "s_per_iter_atrous": med_a, "s_per_iter_smp": med_b, "smp_over_atrous": med_b / med_a,
-            "times_atrous": times_a, "times_smp": times_b}
+            for key, step in steppers.items():
+                times[key].append(step())
+    median = {key: statistics.median(values) for key, values in times.items()}
+    smp_eager = median.get("smp:eager")
+    return {
+        "atrous": camvid.recipe_key(ours), "smp": camvid.recipe_key(peer), "steps": steps,
+        "s_per_iter": median,
+        # the fastest step: what a step costs when nothing else runs (on a shared machine)
+        "min_s_per_iter": {key: min(values) for key, values in times.items()},
+        "steps_per_s": {key: 1 / value for key, value in median.items()},
+        # > 1: faster than smp without compile
+        "speed_vs_smp_eager": {key: smp_eager / value for key, value in median.items()} if smp_eager else {},
+        "first_step_s": first,
+        "times": times,
+    }
+
+
+def print_row(row: dict) -> None:
+    for key, seconds in row["s_per_iter"].items():
+        who, variant = key.split(":")
+        model = row[who].split("/")[-1]
+        same = row["s_per_iter"].get(f"smp:{variant}")
+        print(f"| {model} | {variant} | {seconds:.3f} | {row['min_s_per_iter'][key]:.3f} | {1 / seconds:.2f} "
+              f"| {row['speed_vs_smp_eager'].get(key, float('nan')):.2f} | {same / seconds if same else float('nan'):.2f} "
+              f"| {row['first_step_s'][key]:.1f} |", flush=True)
 
 
 def main() -> int:
@@ -66,17 +100,20 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=15)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--pairs", nargs="+", help="atrous recipes to run (e.g. unet deeplab_v3plus); default all")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     os.chdir(ROOT)  # the recipes' data_root is relative to the project root
-    pairs = [(camvid.resolve_recipe(ours), camvid.resolve_recipe(peer)) for peer, ours in camvid.PEERS.items()]
+    pairs = [(camvid.resolve_recipe(ours), camvid.resolve_recipe(peer)) for peer, ours in camvid.PEERS.items()
+             if not args.pairs or any(name in ours for name in args.pairs)]
     rows = []
-    print("| atrous | smp | s/iter atrous | s/iter smp | smp / atrous |\n|---|---|---|---|---|")
+    print("| model | variant | s/iter (median) | s/iter (fastest) | steps/s | speed vs smp eager "
+          "| speed vs smp same variant | first step s |\n|---|---|---|---|---|---|---|---|")
     for ours, peer in pairs:
-        row = compare(ours, peer, args.steps, args.warmup)
+        row = compare(ours, peer, args.variants, args.steps, args.warmup)
         rows.append(row)
-        print(f"| {row['atrous']} | {row['smp']} | {row['s_per_iter_atrous']:.2f} | {row['s_per_iter_smp']:.2f} "
-              f"| {row['smp_over_atrous']:.2f} |", flush=True)
+        print_row(row)
     result = {"command": "benchmarks/train_speed.py " + " ".join(sys.argv[1:]), "threads": args.threads,
               "torch": torch.__version__, "machine": platform.machine(), "rows": rows}
     out = ROOT / "benchmarks" / "results" / "train_speed.json"

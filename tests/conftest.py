@@ -34,6 +34,17 @@ def tiny_config(out: Path, **overrides):
     return TrainConfig(**values)
 
 
+def small_config(out: Path, **overrides):
+    """DeepLab v3+ ResNet-18 on 32x32 synthetic scenes, batch 4, SGD: two quick iterations."""
+    from atrous.engine.train import TrainConfig
+
+    values = dict(model="deeplab_v3plus", backbone="resnet18", dataset="synthetic", synthetic_size=32,
+                  synthetic_length=8, crop_size=32, batch_size=4, optimizer="sgd", lr=0.01, iters=2,
+                  eval_split=None, progress=False, checkpoint_every=100, out=str(out))
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A deeplab_v3plus/resnet18 trained for a few iterations on 64x64 synthetic scenes."""

@@ -7,10 +7,14 @@ API:
     trainer = AdversarialTrainer(discriminator, weight=0.1, lr=1e-4)
     # or AdversarialTrainer.for_model(num_classes, weight=..., in_channels=3)
 
+    trainer.discriminator_loss(images, seg_logits, targets, ignore_index=255, total=None) -> Tensor
+        Eq. 2 on the batch, summed over its samples and divided by `total` (default: the
+        batch size; a distributed run passes the global batch so that its ranks' gradients add
+        up to the one-process gradient).
     trainer.discriminator_step(images, seg_logits, targets, ignore_index=255) -> float
         One optimiser step of the discriminator on (images, one-hot targets) as "real" and
         (images, softmax(seg_logits)) as "fake"; seg_logits are detached. Returns its loss.
-    trainer.segmenter_loss(images, seg_logits) -> Tensor
+    trainer.segmenter_loss(images, seg_logits, total=None) -> Tensor
         weight * BCE(D(images, softmax(seg_logits)), "real") (the paper's non-saturating
         form, Eq. 3). Differentiable w.r.t. seg_logits only: no gradient reaches the
         discriminator's parameters. Add it to the segmentation loss.
@@ -63,6 +67,26 @@ class AdversarialTrainer:
         self.discriminator.to(device)
         return self
 
+    def discriminator_loss(
+        self,
+        images: torch.Tensor,
+        seg_logits: torch.Tensor,
+        targets: torch.Tensor,
+        ignore_index: int = 255,
+        total: int | None = None,
+    ) -> torch.Tensor:
+        """Eq. 2: BCE(D(x, y), 1) + BCE(D(x, s(x)), 0), summed over the batch and divided by
+        `total` (default: this batch's size; the global batch in a distributed run)."""
+        self.discriminator.train()
+        fake = seg_logits.detach().softmax(dim=1)  # (N, C, H, W)
+        real = label_maps_from_targets(targets, fake, ignore_index)
+        real_logits = self.discriminator(images, real)
+        fake_logits = self.discriminator(images, fake)
+        loss = F.binary_cross_entropy_with_logits(
+            real_logits, torch.ones_like(real_logits), reduction="sum"
+        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits), reduction="sum")
+        return loss / (total or len(images))
+
     def discriminator_step(
         self,
         images: torch.Tensor,
@@ -70,23 +94,19 @@ class AdversarialTrainer:
         targets: torch.Tensor,
         ignore_index: int = 255,
     ) -> float:
-        """Eq. 2: BCE(D(x, y), 1) + BCE(D(x, s(x)), 0), one optimiser step; returns the loss."""
-        self.discriminator.train()
-        fake = seg_logits.detach().softmax(dim=1)  # (N, C, H, W)
-        real = label_maps_from_targets(targets, fake, ignore_index)
-        real_logits = self.discriminator(images, real)
-        fake_logits = self.discriminator(images, fake)
-        loss = F.binary_cross_entropy_with_logits(
-            real_logits, torch.ones_like(real_logits)
-        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        """Eq. 2, one optimiser step; returns the loss."""
+        loss = self.discriminator_loss(images, seg_logits, targets, ignore_index)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)  # no gradient lingers between steps
         return loss.item()
 
-    def segmenter_loss(self, images: torch.Tensor, seg_logits: torch.Tensor) -> torch.Tensor:
-        """Eq. 3 (non-saturating): weight * BCE(D(x, s(x)), 1), gradient to the segmenter only."""
+    def segmenter_loss(
+        self, images: torch.Tensor, seg_logits: torch.Tensor, total: int | None = None
+    ) -> torch.Tensor:
+        """Eq. 3 (non-saturating): weight * BCE(D(x, s(x)), 1), gradient to the segmenter only;
+        summed over the batch and divided by `total` (default: this batch's size)."""
         parameters = list(self.discriminator.parameters())
         flags = [p.requires_grad for p in parameters]
         for p in parameters:
@@ -96,7 +116,8 @@ class AdversarialTrainer:
         finally:
             for p, flag in zip(parameters, flags, strict=True):
                 p.requires_grad_(flag)
-        return self.weight * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+        bce = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="sum")
+        return self.weight * bce / (total or len(images))
 
     def state_dict(self) -> dict[str, Any]:
         return {"discriminator": self.discriminator.state_dict(), "optimizer": self.optimizer.state_dict()}

@@ -12,7 +12,7 @@ import torch
 from atrous.data import IMAGENET_MEAN, IMAGENET_STD, DatasetInfo
 from atrous.engine.errors import UserError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
 
 
 def read_mapping_file(path: str, option: str) -> dict[str, Any]:
@@ -59,12 +59,13 @@ def eval_mode(model: torch.nn.Module) -> Iterator[None]:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CPU or GPU when asked; fp32 otherwise."""
+    """bf16 or fp16 autocast on CPU or GPU when asked; fp32 otherwise. (fp16 is for GPUs, with
+    a gradient scaler in training; it runs on a CPU too, slowly.)"""
     if precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {PRECISIONS}, got '{precision}'")
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 
 def model_meta(info: DatasetInfo, mean: Sequence[float], std: Sequence[float]) -> dict[str, Any]:
@@ -95,13 +96,15 @@ def palette_of(meta: dict[str, Any], num_classes: int) -> np.ndarray:
 def batches_of_equal_size(
     dataset: torch.utils.data.Dataset, batch_size: int, transform
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Consecutive items stacked into batches of at most `batch_size`, a new batch starting
-    whenever the image size changes. Yields (normalised images, masks, raw uint8 images)."""
+    """Consecutive items stacked into batches: items are taken in blocks of `batch_size`
+    (0..B-1, B..2B-1, ...), and a block is cut where the image size changes. Yields
+    (normalised images, masks, raw uint8 images). A shard made of whole blocks is batched as
+    the same items are in the whole dataset (distributed evaluation relies on it)."""
     images, masks, raws = [], [], []
     for index in range(len(dataset)):
         raw, mask = dataset[index]
         image, mask = transform(raw, mask, None)
-        if images and (image.shape != images[0].shape or len(images) == batch_size):
+        if images and (image.shape != images[0].shape or index % batch_size == 0):
             yield torch.stack(images), torch.stack(masks), torch.stack(raws)
             images, masks, raws = [], [], []
         images.append(image)

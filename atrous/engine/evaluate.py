@@ -1,5 +1,9 @@
 """Evaluation: confusion-matrix metrics over a dataset, optionally after CRF refinement,
-optionally inside DeepLab's trimap band; and the per-class table."""
+optionally inside DeepLab's trimap band; and the per-class table.
+
+In a distributed run (torchrun) each rank scores its shard - every W-th block of
+`batch_size` consecutive images, batched exactly as one process batches them - and the
+confusion matrices are summed over the ranks: the metrics equal one process's exactly."""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from tqdm import tqdm
 
 from atrous.data import eval_transform
 from atrous.engine.common import batches_of_equal_size, normalisation
+from atrous.engine.distributed import World, all_reduce_sum, current_world
 from atrous.engine.infer import Views, infer, infer_views, prepare
 from atrous.metrics import ConfusionMatrix, trimap_mask
 from atrous.models import SegmentationModel
@@ -45,8 +50,11 @@ def evaluate(
     matrix = ConfusionMatrix(num_classes, ignore)
     bands = {w: ConfusionMatrix(num_classes, ignore) for w in trimap_widths}
     net, views = prepare(model, precision), views or Views()
-    bar = tqdm(total=len(dataset), desc="eval", disable=not progress, dynamic_ncols=True, unit="img")
-    for images, masks, raws in batches_of_equal_size(dataset, batch_size, eval_transform(mean, std)):
+    world = current_world()
+    shard = torch.utils.data.Subset(dataset, shard_indices(len(dataset), batch_size, world))
+    bar = tqdm(total=len(shard), desc="eval", disable=not (progress and world.is_main), dynamic_ncols=True,
+               unit="img")
+    for images, masks, raws in batches_of_equal_size(shard, batch_size, eval_transform(mean, std)):
         logits = infer_views(net, images, views)
         if crf is not None:
             logits = crf(logits, raws.to(logits.device).float())
@@ -57,12 +65,19 @@ def evaluate(
             band_matrix.update(pred[band], masks[band])
         bar.update(len(images))
     bar.close()
+    for counts in (matrix, *bands.values()):
+        all_reduce_sum(counts.matrix)
     result = matrix.compute()
     result["class_names"] = list(model.meta.get("class_names") or (info.class_names if info else []))
     result["images"] = len(dataset)
     if bands:
         result["trimap"] = {str(w): m.compute()["mIoU"] for w, m in bands.items()}
     return result
+
+
+def shard_indices(length: int, batch_size: int, world: World) -> list[int]:
+    """This rank's items: blocks of `batch_size` consecutive items, every `world.size`-th."""
+    return [i for i in range(length) if (i // batch_size) % world.size == world.rank]
 
 
 def format_table(metrics: dict[str, Any]) -> str:

@@ -10,6 +10,7 @@ import torch
 from atrous.data import build_dataset
 from atrous.engine.checkpoint import load_checkpoint
 from atrous.engine.common import read_mapping_file, resolve_device
+from atrous.engine.distributed import process_group, rank_device
 from atrous.engine.errors import UserError
 from atrous.engine.evaluate import evaluate, format_table
 from atrous.engine.files import write_json_atomic
@@ -79,7 +80,7 @@ class FirstItems(torch.utils.data.Dataset):
 
 
 def _load(path: str, device: str | None) -> SegmentationModel:
-    return load_checkpoint(path).to(resolve_device(device))
+    return load_checkpoint(path).to(rank_device(resolve_device(device)))
 
 
 def views_of(args: Namespace) -> Views:
@@ -88,6 +89,17 @@ def views_of(args: Namespace) -> Views:
 
 
 def run_eval(args: Namespace) -> dict[str, Any]:
+    """Under torchrun the processes share the images (atrous.engine.evaluate); rank 0 reports."""
+    with process_group(resolve_device(args.device)) as world:
+        metrics = _eval(args)
+    if world.is_main:
+        print(format_table(metrics))
+        if args.json:
+            write_json_atomic(args.json, metrics)
+    return metrics
+
+
+def _eval(args: Namespace) -> dict[str, Any]:
     views = views_of(args)
     model = _load(args.checkpoint, args.device)
     dataset = build_dataset(args.dataset, args.split, data_root=args.data_root, num_classes=args.num_classes,
@@ -112,9 +124,6 @@ def run_eval(args: Namespace) -> dict[str, Any]:
     precision = model.precision if isinstance(model, OnnxModel) else args.precision
     metrics["inference"] = {"precision": precision, "scales": list(views.scales), "flip": views.flip,
                             "window": views.window, "stride": views.stride}
-    print(format_table(metrics))
-    if args.json:
-        write_json_atomic(args.json, metrics)
     return metrics
 
 

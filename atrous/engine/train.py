@@ -9,30 +9,54 @@ Writes into `out`:
 
 Every sample is drawn and augmented from (seed, sample number) alone, so a run stopped
 after N iterations and resumed gives the same weights as one that never stopped.
+
+Launched by torchrun (`torchrun --nproc-per-node N -m atrous train ...`) the run is shared by
+N processes: `batch_size` is the global batch, split across the ranks (and `grad_accum`
+micro-batches, see atrous.engine.global_batch); losses are normalised over the global batch
+(atrous.engine.losses) and gradients summed over the ranks, so that N processes train the
+model one process trains, and a run stopped on N processes resumes on M. Rank 0 alone
+writes files and the progress bar.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from atrous.data import DataError, build_dataset, train_transform
 from atrous.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from atrous.data.weights import CLASS_WEIGHTINGS, class_weights
+from atrous.engine import distributed
 from atrous.engine.checkpoint import save_checkpoint
-from atrous.engine.common import autocast, model_meta, resolve_device
+from atrous.engine.common import PRECISIONS, autocast, model_meta, resolve_device
 from atrous.engine.errors import UserError
 from atrous.engine.files import write_atomic, write_json_atomic, write_text_atomic
+from atrous.engine.global_batch import (
+    GlobalBatchSampler,
+    convert_sync_batchnorm,
+    global_rows,
+    micro_batch_size,
+    shard_dropout,
+)
+from atrous.engine.losses import (
+    LOSSES,
+    WEIGHTED_LOSSES,
+    BatchTotals,
+    build_loss,
+    labelled_weight,
+    total_loss,
+)
 from atrous.models import SegmentationModel, create_model
 
 OPTIMIZERS = ("sgd", "adamw")
@@ -63,6 +87,13 @@ class TrainConfig:
     poly_power: float = 0.9
     warmup_iters: int = 0
     class_weights: str = "none"
+    loss: str = "ce"
+    ohem_thresh: float = 0.7
+    ohem_min_kept: int = 100_000
+    focal_gamma: float = 2.0
+    lovasz_per_image: bool = False
+    grad_accum: int = 1
+    sync_bn: bool | None = None  # None: on when the run has more than one process
     scale_min: float = 0.5
     scale_max: float = 2.0
     flip: bool = True
@@ -71,6 +102,8 @@ class TrainConfig:
     std: tuple[float, ...] = IMAGENET_STD
     precision: str = "fp32"
     channels_last: bool = False
+    compile: bool = False
+    fused_optimizer: bool = False
     device: str | None = None
     workers: int = 0
     seed: int = 0
@@ -87,6 +120,7 @@ class TrainConfig:
     adversarial: bool = False
     adversarial_weight: float = 0.1
     progress: bool = True
+    dist_timeout: float = distributed.DEFAULT_TIMEOUT_S
 
     def validate(self) -> None:
         self._check_types()
@@ -94,8 +128,13 @@ class TrainConfig:
             raise UserError(f"--optimizer must be one of {OPTIMIZERS}, got '{self.optimizer}'")
         if self.class_weights not in CLASS_WEIGHTINGS:
             raise UserError(f"--class-weights must be one of {CLASS_WEIGHTINGS}, got '{self.class_weights}'")
+        self._validate_loss()
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision must be one of {PRECISIONS}, got '{self.precision}'")
+        if self.dist_timeout <= 0:
+            raise UserError(f"--dist-timeout must be positive, got {self.dist_timeout}")
         for name in ("batch_size", "iters", "crop_size", "stop_after", "checkpoint_every", "eval_batch_size",
-                     "eval_every"):
+                     "eval_every", "grad_accum"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -107,6 +146,18 @@ class TrainConfig:
             raise UserError(f"--scale-min/--scale-max must satisfy 0 < min <= max, got {self.scale_min}, {self.scale_max}")
         if self.lr is not None and self.lr <= 0:
             raise UserError(f"--lr must be positive, got {self.lr}")
+
+    def _validate_loss(self) -> None:
+        if self.loss not in LOSSES:
+            raise UserError(f"--loss must be one of {LOSSES}, got '{self.loss}'")
+        if self.class_weights != "none" and self.loss not in WEIGHTED_LOSSES:
+            raise UserError(f"--class-weights applies to --loss {'/'.join(WEIGHTED_LOSSES)}, not to --loss {self.loss}")
+        if not 0 < self.ohem_thresh <= 1:
+            raise UserError(f"--ohem-thresh must be in (0, 1], got {self.ohem_thresh}")
+        if self.ohem_min_kept < 0:
+            raise UserError(f"--ohem-min-kept must be at least 0, got {self.ohem_min_kept}")
+        if self.focal_gamma < 0:
+            raise UserError(f"--focal-gamma must be at least 0, got {self.focal_gamma}")
 
     def _check_types(self) -> None:
         """Config files can hold anything: numbers and switches must be what they claim."""
@@ -130,6 +181,8 @@ class TrainConfig:
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise UserError(f"--{name.replace('_', '-')} must be a whole number, got {value!r}")
+        if self.sync_bn is not None and not isinstance(self.sync_bn, bool):
+            raise UserError(f"--sync-bn must be true or false, got {self.sync_bn!r}")
         if not isinstance(self.model_options, dict):
             raise UserError(f"model_options must be a mapping, got {self.model_options!r}")
 
@@ -169,34 +222,12 @@ class TrainStream(torch.utils.data.Dataset):
         return self.transform(image, mask, np.random.default_rng([self.seed, 1, k]))
 
 
-def segmentation_loss(
-    outputs: dict[str, torch.Tensor],
-    target: torch.Tensor,
-    aux_weights: dict[str, float],
-    class_weights: torch.Tensor | None,
-    ignore_index: int = 255,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy on "out" plus weighted cross-entropy on each auxiliary output."""
-    parts: dict[str, float] = {}
-    total = None
-    for key, logits in outputs.items():
-        weight = 1.0 if key == "out" else aux_weights.get(key, 0.0)
-        if weight == 0.0:
-            continue
-        if bool((target == ignore_index).all()):
-            loss = logits.sum() * 0.0  # a crop with no labelled pixel teaches nothing
-        else:
-            loss = F.cross_entropy(logits.float(), target, weight=class_weights, ignore_index=ignore_index)
-        parts[key] = float(loss.detach())
-        total = weight * loss if total is None else total + weight * loss
-    return total, parts
-
-
 def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    fused = True if cfg.fused_optimizer else None  # None: torch's default implementation
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay)
+                               weight_decay=cfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def _total_iters(cfg: TrainConfig, dataset_length: int) -> int:
@@ -213,15 +244,22 @@ def _config_json(cfg: TrainConfig) -> dict[str, Any]:
 
 # the options that may differ between a run and its --resume; any other change would make
 # the resumed run differ from one that never stopped
+# (the number of processes is not an option: a run resumes on any number, see the module's docstring)
 RESUME_MAY_CHANGE = ("resume", "overwrite", "stop_after", "device", "workers", "progress", "checkpoint_every",
-                     "eval_split", "eval_batch_size", "eval_every", "out")
+                     "eval_split", "eval_batch_size", "eval_every", "out", "compile", "dist_timeout", "grad_accum")
+# of those, the ones a --resume keeps unless given again: --grad-accum lets a run started on
+# 8 GPUs go on on 4 with the same global batch (batch norm then sees micro-batches of the
+# new size); --compile is a property of the run
+RESUME_INHERITS = ("grad_accum", "compile")
 
 
 class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         cfg.validate()
         self.cfg = cfg
-        self.device = resolve_device(cfg.device)
+        self.world = distributed.current_world()
+        self.device = distributed.rank_device(resolve_device(cfg.device))
+        self.rows = micro_batch_size(cfg.batch_size, self.world.size, cfg.grad_accum)  # per rank and micro-batch
         self.model_path = os.path.join(cfg.out, "model.safetensors")
         self.state_path = os.path.join(cfg.out, "train_state.pt")
         self.log_path = os.path.join(cfg.out, "log.jsonl")
@@ -234,8 +272,13 @@ class Trainer:
         self.info = self.dataset.info
         self.model = self._build_model()
         self.optimizer = _build_optimizer(self.model, cfg)
+        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         self.total = _total_iters(cfg, len(self.dataset))
         self.class_weights = self._class_weights()
+        self.loss = build_loss(cfg.loss, ignore_index=self.info.ignore_index, class_weights=self.class_weights,
+                               reduce=distributed.all_reduce_sum, ohem_thresh=cfg.ohem_thresh,
+                               ohem_min_kept=cfg.ohem_min_kept, focal_gamma=cfg.focal_gamma,
+                               lovasz_per_image=cfg.lovasz_per_image)
         self.step = 0
         self.epoch_loss = [0.0, 0]  # running sum and count for the epoch's log line
         self.elapsed = 0.0
@@ -243,6 +286,8 @@ class Trainer:
         self.eval_dataset: torch.utils.data.Dataset | None = None  # set by train() for --eval-every
         if cfg.resume:
             self._load_state()
+        self.ddp = self._data_parallel()
+        self.net = self._compiled(self.ddp or self.model)  # what the forward pass runs
 
     def _check_out_dir(self) -> None:
         cfg = self.cfg
@@ -256,7 +301,7 @@ class Trainer:
                 f"{self.model_path} already exists; pass --resume to continue it, --overwrite to replace it, "
                 "or choose another --out"
             )
-        elif cfg.overwrite:  # a new run: the old run's state, log and metrics must not mix in
+        elif cfg.overwrite and self.world.is_main:  # a new run: the old run's state, log and metrics must not mix in
             for stale in (self.state_path, self.log_path, os.path.join(cfg.out, "metrics.json")):
                 if os.path.exists(stale):
                     os.remove(stale)
@@ -272,10 +317,25 @@ class Trainer:
         except (ValueError, TypeError) as err:
             raise UserError(f"--model {cfg.model}: {err}") from err
         model.meta = model_meta(self.info, cfg.mean, cfg.std)
+        shard_dropout(model)  # dropout masks that do not depend on the number of ranks
+        if self.world.distributed and cfg.sync_bn is not False:
+            model = convert_sync_batchnorm(model, self.device)
         model.to(self.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
+
+    def _data_parallel(self) -> torch.nn.parallel.DistributedDataParallel | None:
+        """DDP over the ranks, gradients summed (each rank's loss is its share of the global loss)."""
+        if not self.world.distributed:
+            return None
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        ddp = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        ddp.register_comm_hook(None, distributed.sum_gradients_hook)
+        return ddp
+
+    def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        return torch.compile(module) if self.cfg.compile else module
 
     def _class_weights(self) -> torch.Tensor | None:
         if self.cfg.class_weights == "none":
@@ -293,23 +353,28 @@ class Trainer:
 
         return AdversarialTrainer.for_model(self.info.num_classes, weight=self.cfg.adversarial_weight).to(self.device)
 
-    # --- state -------------------------------------------------------------------------
+    # --- state: nothing in it belongs to one rank, so a run resumes on any number of them ---
     def _state(self) -> dict[str, Any]:
         state = {
             "step": self.step,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "cuda_rng": torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else [],
             "epoch_loss": list(self.epoch_loss),
             "elapsed": self.elapsed,
             "config": _config_json(self.cfg),
+            "world_size": self.world.size,  # for the record only
         }
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
         if self.adversary is not None:
             state["adversary"] = self.adversary.state_dict()
         return state
 
     def _save(self) -> None:
+        if not self.world.is_main:
+            return
         os.makedirs(self.cfg.out, exist_ok=True)
         write_atomic(self.state_path, lambda tmp: torch.save(self._state(), tmp))
         save_checkpoint(self.model, self.model_path, step=self.step, total_iters=self.total)
@@ -330,8 +395,9 @@ class Trainer:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"].cpu())
-        if state.get("cuda_rng") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        _restore_cuda_rng(state.get("cuda_rng"), self.device)
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
         self.step = int(state["step"])
         self.epoch_loss = list(state["epoch_loss"])
         self.elapsed = float(state["elapsed"])
@@ -339,7 +405,8 @@ class Trainer:
             self.adversary.load_state_dict(state["adversary"])
         if self.step >= self.total:
             raise UserError(f"--resume: {self.cfg.out} already finished {self.step} of {self.total} iterations")
-        self._truncate_log()
+        if self.world.is_main:
+            self._truncate_log()
 
     def _truncate_log(self) -> None:
         """Drop log lines written after the restored checkpoint (a crash between the two)."""
@@ -353,61 +420,111 @@ class Trainer:
 
     # --- loop ----------------------------------------------------------------------------
     def _loader(self) -> torch.utils.data.DataLoader:
+        """This rank's micro-batches, from the current step to the end, one per item."""
         cfg = self.cfg
         transform = train_transform(cfg.crop_size, scale=(cfg.scale_min, cfg.scale_max), flip=cfg.flip,
                                     jitter=cfg.jitter, mean=cfg.mean, std=cfg.std)
         stream = TrainStream(self.dataset, transform, cfg.seed)
-        samples = range(self.step * cfg.batch_size, self.total * cfg.batch_size)
+        self.sampler = GlobalBatchSampler(self.step, self.total, cfg.batch_size, self.world, cfg.grad_accum)
         # a private generator: the loader must not draw from the global RNG (dropout's), or a
         # resumed run would differ from a straight one
-        return torch.utils.data.DataLoader(stream, batch_size=cfg.batch_size, sampler=samples,
+        return torch.utils.data.DataLoader(stream, batch_size=self.rows, sampler=self.sampler,
                                            num_workers=cfg.workers, pin_memory=self.device.type == "cuda",
                                            generator=torch.Generator().manual_seed(cfg.seed))
 
+    def steps(self) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+        """This rank's data of each step: `grad_accum` micro-batches of (images, masks)."""
+        micro_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for batch in self._loader():
+            micro_batches.append(batch)
+            if len(micro_batches) == self.cfg.grad_accum:
+                yield micro_batches
+                micro_batches = []
+
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         os.makedirs(self.cfg.out, exist_ok=True)
         with open(self.log_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def _train_step(self, images: torch.Tensor, masks: torch.Tensor, lr: float) -> dict[str, float]:
+    def _batch_totals(self, masks: list[torch.Tensor]) -> BatchTotals:
+        """The global batch's normalisers: one all-reduce before the forward passes."""
+        local = sum(labelled_weight(m, self.class_weights, self.info.ignore_index) for m in masks)
+        weight = distributed.all_reduce_sum(local.reshape(1).clone()).item()
+        return BatchTotals(weight, self.cfg.batch_size, self.world.size, self.cfg.grad_accum)
+
+    def _train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], lr: float) -> dict[str, float]:
+        """One optimiser step on this rank's micro-batches of the global batch."""
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
-        if self.cfg.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        micro_batches = [self._to_device(images, masks) for images, masks in micro_batches]
+        totals = self._batch_totals([masks for _, masks in micro_batches])
         self.model.train()
-        with autocast(self.device, self.cfg.precision):
-            outputs = self.model(images, return_aux=True)
-        loss, parts = segmentation_loss(outputs, masks, self.model.aux_weights, self.class_weights,
-                                        self.info.ignore_index)
-        if self.adversary is not None:  # Luc et al. 2016: lambda * adversarial term, then a D step
-            adv = self.adversary.segmenter_loss(images, outputs["out"].float())
-            parts["adv_g"] = float(adv.detach())
-            loss = loss + adv
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        if self.adversary is not None:
-            parts["adv_d"] = self.adversary.discriminator_step(images, outputs["out"].float(), masks,
-                                                               ignore_index=self.info.ignore_index)
-        parts["loss"] = float(loss.detach())
+        step_rng = _rng_state(self.device) if len(micro_batches) > 1 else None
+        shares: dict[str, torch.Tensor] = {}
+        for micro, (images, masks) in enumerate(micro_batches):
+            if micro:  # each micro-batch draws its dropout rows from the step's RNG state
+                _set_rng_state(step_rng, self.device)
+            last = micro == len(micro_batches) - 1
+            sync = contextlib.nullcontext() if last or self.ddp is None else self.ddp.no_sync()
+            with sync, global_rows(self.model, self.sampler.first_row(micro), self.cfg.batch_size):
+                parts = self._forward_backward(images, masks, totals)
+            for key, value in parts.items():
+                shares[key] = shares[key] + value if key in shares else value
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        if self.adversary is not None:  # after the segmenter, as in Luc et al.: D saw the logits before its update
+            distributed.all_reduce_gradients(self.adversary.discriminator.parameters())
+            self.adversary.optimizer.step()
+            self.adversary.optimizer.zero_grad(set_to_none=True)
+        parts = _summed_over_ranks(shares)
         if not math.isfinite(parts["loss"]):
             raise UserError(f"training diverged at iteration {self.step + 1} (loss {parts['loss']}); lower --lr")
         return parts
 
+    def _to_device(self, images: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, masks
+
+    def _forward_backward(self, images: torch.Tensor, masks: torch.Tensor, totals: BatchTotals) -> dict[str, torch.Tensor]:
+        """Forward and backward of one micro-batch; returns its (detached) shares of the losses."""
+        with autocast(self.device, self.cfg.precision):
+            outputs = self.net(images, return_aux=True)
+        loss, parts = total_loss(self.loss, outputs, masks, self.model.aux_weights, totals)
+        if self.adversary is not None:  # Luc et al. 2016: lambda * adversarial term, then a D step
+            adv = self.adversary.segmenter_loss(images, outputs["out"].float(), total=self.cfg.batch_size)
+            parts["adv_g"] = adv.detach()
+            loss = loss + adv
+        (loss if self.scaler is None else self.scaler.scale(loss)).backward()
+        if self.adversary is not None:  # D's gradient, accumulated until the step's end
+            d_loss = self.adversary.discriminator_loss(images, outputs["out"].float(), masks,
+                                                       ignore_index=self.info.ignore_index, total=self.cfg.batch_size)
+            d_loss.backward()
+            parts["adv_d"] = d_loss.detach()
+        parts["loss"] = loss.detach()
+        return parts
+
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        os.makedirs(cfg.out, exist_ok=True)
-        write_text_atomic(os.path.join(cfg.out, "config.json"), json.dumps(_config_json(cfg), indent=2))
+        if self.world.is_main:
+            os.makedirs(cfg.out, exist_ok=True)
+            write_text_atomic(os.path.join(cfg.out, "config.json"), json.dumps(_config_json(cfg), indent=2))
         end = self.total if cfg.stop_after is None else min(self.total, self.step + cfg.stop_after)
         steps_per_epoch = max(1, math.ceil(len(self.dataset) / cfg.batch_size))
-        bar = tqdm(total=end, initial=self.step, desc=f"train {cfg.model}", disable=not cfg.progress,
+        bar = tqdm(total=end, initial=self.step, desc=f"train {cfg.model}", disable=not (cfg.progress and self.world.is_main),
                    dynamic_ncols=True, unit="it")
         started = time.perf_counter() - self.elapsed
         try:
-            for images, masks in self._loader():
+            for micro_batches in self.steps():
                 lr = poly_lr(cfg.base_lr, self.step, self.total, cfg.poly_power, cfg.warmup_iters)
-                parts = self._train_step(images, masks, lr)
+                parts = self._train_step(micro_batches, lr)
                 self.step += 1
                 self.elapsed = time.perf_counter() - started
                 self.epoch_loss[0] += parts["loss"]
@@ -428,14 +545,15 @@ class Trainer:
             raise
         except ValueError as err:
             if "Expected more than 1 value per channel" in str(err):
-                raise UserError(f"--batch-size {cfg.batch_size}: batch norm needs at least 2 images per batch") from err
+                raise UserError(f"--batch-size {cfg.batch_size}: batch norm needs at least 2 images per "
+                                "micro-batch and process (--batch-size / --grad-accum / processes)") from err
             raise
         finally:
             bar.close()
         finished = self.step >= self.total
         self._log({"event": "finished" if finished else "stopped", "step": self.step, "elapsed_s": round(self.elapsed, 2)})
         summary = {"iters": self.step, "total_iters": self.total, "seconds": round(self.elapsed, 2),
-                   "finished": finished}
+                   "finished": finished, "processes": self.world.size}
         return summary
 
     def _evaluate_now(self) -> float:
@@ -463,6 +581,33 @@ class Trainer:
         self.epoch_loss = [0.0, 0]
 
 
+def _summed_over_ranks(shares: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Each loss's value on the global batch: the ranks' shares added up (one all-reduce)."""
+    keys = sorted(shares)
+    values = distributed.all_reduce_sum(torch.stack([shares[k].double() for k in keys]))
+    return dict(zip(keys, values.tolist(), strict=True))
+
+
+def _rng_state(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_state(state: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> None:
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
+def _restore_cuda_rng(saved: Any, device: torch.device) -> None:
+    """The saved CUDA generator state onto this rank's GPU (every rank draws the same
+    dropout masks); states saved before distributed training held one per visible GPU."""
+    if device.type != "cuda" or saved is None or len(saved) == 0:
+        return
+    if isinstance(saved, list | tuple):
+        saved = saved[min(device.index or 0, len(saved) - 1)]
+    torch.cuda.set_rng_state(saved.cpu(), device)
+
+
 def _eval_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset | None:
     """The split evaluated after training; None when not asked for, or when a folder or
     CamVid dataset has no such split (an unknown synthetic split is an error)."""
@@ -479,19 +624,23 @@ def _eval_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset | None:
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
     """Train, then evaluate on `cfg.eval_split` (when the dataset has it) and write
-    metrics.json. Returns {"train": summary, "val": metrics or None}."""
-    trainer = Trainer(cfg)
-    dataset = _eval_dataset(cfg)  # before training, so that a bad split fails at once
-    trainer.eval_dataset = dataset
-    summary = trainer.run()
-    result: dict[str, Any] = {"train": summary, cfg.eval_split or "val": None}
-    if summary["finished"] and dataset is not None:
-        from atrous.engine.evaluate import evaluate
+    metrics.json. Returns {"train": summary, "val": metrics or None}. Under torchrun the
+    processes share the run (see the module's docstring); every rank returns the same."""
+    cfg.validate()
+    with distributed.process_group(resolve_device(cfg.device), cfg.dist_timeout) as world:
+        trainer = Trainer(cfg)
+        dataset = _eval_dataset(cfg)  # before training, so that a bad split fails at once
+        trainer.eval_dataset = dataset
+        summary = trainer.run()
+        result: dict[str, Any] = {"train": summary, cfg.eval_split or "val": None}
+        if summary["finished"] and dataset is not None:
+            from atrous.engine.evaluate import evaluate
 
-        if len(dataset):
-            result[cfg.eval_split] = evaluate(trainer.model, dataset, batch_size=cfg.eval_batch_size,
-                                              precision=cfg.precision, progress=cfg.progress)
-            if cfg.eval_every:  # the last point of the validation curve
-                trainer.log_eval(result[cfg.eval_split])
-    write_json_atomic(os.path.join(cfg.out, "metrics.json"), result)
+            if len(dataset):
+                result[cfg.eval_split] = evaluate(trainer.model, dataset, batch_size=cfg.eval_batch_size,
+                                                  precision=cfg.precision, progress=cfg.progress)
+                if cfg.eval_every:  # the last point of the validation curve
+                    trainer.log_eval(result[cfg.eval_split])
+        if world.is_main:
+            write_json_atomic(os.path.join(cfg.out, "metrics.json"), result)
     return result

@@ -1,0 +1,78 @@
+"""Training options of the scale-out work on one process: --loss, --grad-accum, --precision
+fp16 (gradient scaler), and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import small_config
+from tests.test_cli import assert_one_line_error, run
+
+SMALL = ["--model", "unet", "--model-opt", "base_channels=4", "--dataset", "synthetic", "--synthetic-size", "32",
+         "--synthetic-length", "4", "--crop-size", "32", "--batch-size", "2", "--iters", "2", "--eval-split", "",
+         "--no-progress"]
+
+
+@pytest.mark.parametrize("loss", [["--loss", "focal"], ["--loss", "dice"], ["--loss", "lovasz", "--lovasz-per-image"],
+                                  ["--loss", "ohem", "--ohem-thresh", "0.5", "--ohem-min-kept", "100"]])
+def test_each_loss_trains_from_the_command_line(loss, tmp_path, capsys):
+    code, _, err = run(capsys, "train", *SMALL, *loss, "--out", str(tmp_path / "run"))
+    assert code == 0, err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["loss"] == loss[1]
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert all(e["loss"] == e["loss"] and e["loss"] > 0 for e in events if "loss" in e)
+
+
+@pytest.mark.parametrize(
+    ("argv", "fragments"),
+    [
+        (["--batch-size", "4", "--grad-accum", "3"], ["--batch-size 4 does not split", "multiple of 3"]),
+        (["--grad-accum", "0"], ["--grad-accum must be at least 1"]),
+        (["--loss", "dice", "--class-weights", "median_frequency"], ["--class-weights applies to", "not to --loss dice"]),
+        (["--ohem-thresh", "1.5"], ["--ohem-thresh must be in (0, 1]"]),
+        (["--dist-timeout", "0"], ["--dist-timeout must be positive"]),
+    ],
+)
+def test_option_errors_are_one_line(argv, fragments, tmp_path, capsys):
+    code, _, err = run(capsys, "train", *SMALL, *argv, "--out", str(tmp_path / "run"))
+    assert code == 2
+    assert_one_line_error(err, *fragments)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_fp16_with_a_gradient_scaler_resumes_exactly(tmp_path):
+    """fp16 autocast and torch.amp.GradScaler (on the CPU here); the scaler's state is saved."""
+    from atrous.engine.train import train
+
+    options = dict(model="unet", backbone=None, model_options={"base_channels": 4}, precision="fp16", iters=3)
+    train(small_config(tmp_path / "straight", **options))
+    train(small_config(tmp_path / "split", stop_after=2, **options))
+    scale = torch.load(tmp_path / "split" / "train_state.pt", weights_only=True)["scaler"]["scale"]
+    assert scale > 1  # a scaler ran, and its state went into the training state
+    train(small_config(tmp_path / "split", resume=True, **options))
+    a, b = load_file(str(tmp_path / "straight" / "model.safetensors")), load_file(str(tmp_path / "split" / "model.safetensors"))
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_resume_keeps_grad_accum_unless_given(tmp_path, capsys):
+    """A run started with --grad-accum 2 resumes with it, or on other hardware with another K."""
+    out = str(tmp_path / "run")
+    code, _, err = run(capsys, "train", *SMALL, "--iters", "3", "--grad-accum", "2", "--stop-after", "1",
+                       "--out", out)
+    assert code == 0, err
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--stop-after", "1", "--eval-split", "",
+                       "--no-progress")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 2
+    code, _, err = run(capsys, "train", "--out", out, "--resume", "--grad-accum", "1", "--eval-split", "",
+                       "--no-progress")
+    assert code == 0, err
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 1
+    events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["step"]) for e in events if "event" in e] == [("stopped", 1), ("stopped", 2), ("finished", 3)]
