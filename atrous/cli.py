@@ -83,7 +83,9 @@ def _add_train_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--scale-max", type=float)
     p.add_argument("--no-flip", dest="flip", action="store_false")
     p.add_argument("--jitter", type=float, help="colour jitter strength (0 = off)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), help="fp16 uses a gradient scaler (meant for GPUs)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="fp32 (default); auto: bf16 autocast where it is native (CUDA, AVX512-BF16/AMX CPUs), "
+                        "fp32 elsewhere (emulated bf16 is many times slower); fp16 uses a gradient scaler (for GPUs)")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--fused-optimizer", action="store_true", help="the optimiser's fused implementation (one kernel)")

@@ -309,6 +309,7 @@ def run_recipe(path: Path, args: argparse.Namespace, seed: int | None = None) ->
         "batch_size": cfg.batch_size,
         "crop_size": cfg.crop_size,
         "train_seconds": seconds,
+        "precision": summary.get("precision"),  # what training computed in ("auto" resolved)
         "s_per_iter": seconds / iters if iters and seconds is not None else None,
         **measure(model, IMAGE_SIZES.get(cfg.dataset, (512, 512))),
         "threads": torch.get_num_threads(),

@@ -1,8 +1,8 @@
 """Training speed of atrous against smp on identical work, in one process, with and without
 torch.compile and the fused optimiser: the CamVid peer pairs' recipes (same data pipeline,
-loss, optimiser, bf16, channels-last, batch 8, 256 crops), their training steps interleaved
-(atrous eager, compiled, fused, smp eager, compiled, fused, atrous eager, ...) so that all
-see the same machine state; the median seconds per step of each (and the fastest step: on a
+loss, optimiser, precision ("auto": bf16 where native), channels-last, batch 8, 256 crops),
+their training steps interleaved (atrous eager, compiled, fused, smp eager, compiled, fused,
+atrous eager, ...) so that all see the same machine state; the median seconds per step of each (and the fastest step: on a
 shared machine, what a step costs when nothing else runs), steps per second, and the speed
 ratios (of medians).
 
@@ -35,6 +35,10 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"eager": {}, "compile": {"compile": True}, "fused": {"fused_optimizer": True}}
+# atrous's DeepLab v3+ follows the paper: plain 3x3 convolutions in ASPP and decoder on a ResNet
+# (separable ones with Xception); smp's uses separable ones on every encoder. This variant
+# gives atrous smp's separable head: the same work, so the step times compare kernels.
+SEPARABLE = {"model_options": {"separable": True}}
 
 
 def make_stepper(recipe: Path, out: str, **overrides) -> Callable[[], float]:
@@ -43,6 +47,8 @@ def make_stepper(recipe: Path, out: str, **overrides) -> Callable[[], float]:
     from atrous.engine.train import Trainer, poly_lr
 
     cfg = camvid.train_config(recipe, out=out, iters=10_000, resume=False, overwrite=True, progress=False)
+    if "model_options" in overrides:
+        overrides["model_options"] = {**cfg.model_options, **overrides["model_options"]}
     trainer = Trainer(dataclasses.replace(cfg, **overrides))
     steps = trainer.steps()
 
@@ -62,6 +68,8 @@ def compare(ours: Path, peer: Path, variants: list[str], steps: int, warmup: int
     with tempfile.TemporaryDirectory() as tmp:
         steppers = {f"{who}:{variant}": make_stepper(recipe, f"{tmp}/{who}_{variant}", **VARIANTS[variant])
                     for who, recipe in names.items() for variant in variants}
+        if "deeplab_v3plus" in ours.name:
+            steppers["atrous:separable"] = make_stepper(ours, f"{tmp}/atrous_separable", **SEPARABLE)
         first = {key: step() for key, step in steppers.items()}  # compilation happens here
         for _ in range(warmup - 1):
             for step in steppers.values():
@@ -89,10 +97,22 @@ def print_row(row: dict) -> None:
     for key, seconds in row["s_per_iter"].items():
         who, variant = key.split(":")
         model = row[who].split("/")[-1]
-        same = row["s_per_iter"].get(f"smp:{variant}")
+        same = row["s_per_iter"].get(f"smp:{variant}", row["s_per_iter"].get("smp:eager"))
         print(f"| {model} | {variant} | {seconds:.3f} | {row['min_s_per_iter'][key]:.3f} | {1 / seconds:.2f} "
               f"| {row['speed_vs_smp_eager'].get(key, float('nan')):.2f} | {same / seconds if same else float('nan'):.2f} "
               f"| {row['first_step_s'][key]:.1f} |", flush=True)
+
+
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo), or the platform's word for it."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def main() -> int:
@@ -114,8 +134,12 @@ def main() -> int:
         row = compare(ours, peer, args.variants, args.steps, args.warmup)
         rows.append(row)
         print_row(row)
+    from atrous.engine.infer import cpu_has_native_bf16
+
     result = {"command": "benchmarks/train_speed.py " + " ".join(sys.argv[1:]), "threads": args.threads,
-              "torch": torch.__version__, "machine": platform.machine(), "rows": rows}
+              "torch": torch.__version__, "machine": platform.machine(), "cpu": cpu_name(),
+              "native_bf16": cpu_has_native_bf16(),  # the recipes' precision "auto" is bf16 only then
+              "rows": rows}
     out = ROOT / "benchmarks" / "results" / "train_speed.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out.relative_to(ROOT)}")

@@ -24,7 +24,7 @@ DDP_OPTIONS = {
     "sync_bn": lambda v: isinstance(v, bool),
     "grad_accum": lambda v: isinstance(v, int) and v >= 1,
     "compile": lambda v: isinstance(v, bool),
-    "precision": lambda v: v in ("fp32", "bf16", "fp16"),
+    "precision": lambda v: v in ("auto", "fp32", "bf16", "fp16"),
 }
 
 # the papers' numbers, typed again from the papers (see each file's header):

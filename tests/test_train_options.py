@@ -76,3 +76,27 @@ def test_resume_keeps_grad_accum_unless_given(tmp_path, capsys):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["grad_accum"] == 1
     events = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [(e["event"], e["step"]) for e in events if "event" in e] == [("stopped", 1), ("stopped", 2), ("finished", 3)]
+
+
+@pytest.mark.parametrize(("native", "expected"), [(False, "fp32"), (True, "bf16")])
+def test_precision_auto_trains_in_bf16_only_where_it_is_native(native, expected, tmp_path, monkeypatch):
+    """--precision auto: bf16 autocast where the CPU computes bf16 natively, fp32 where bf16
+    would be emulated (many times slower); the summary says which ran, and fp32 gives the
+    weights an explicit --precision fp32 run gives."""
+    from atrous.engine.train import train
+
+    monkeypatch.setattr("atrous.engine.infer.cpu_has_native_bf16", lambda: native)
+    seen = []
+    real = torch.autocast
+    monkeypatch.setattr("atrous.engine.common.torch.autocast", lambda *a, **k: seen.append(k["dtype"]) or real(*a, **k))
+    options = dict(model="unet", backbone=None, model_options={"base_channels": 4}, iters=2)
+    result = train(small_config(tmp_path / "auto", precision="auto", **options))
+    assert result["train"]["precision"] == expected
+    assert seen == ([torch.bfloat16] * 2 if native else [])  # one autocast per training step
+    config = json.loads((tmp_path / "auto" / "config.json").read_text())
+    assert config["precision"] == "auto"  # a resumed run resolves it again on its machine
+    if not native:
+        train(small_config(tmp_path / "fp32", precision="fp32", **options))
+        a = load_file(str(tmp_path / "auto" / "model.safetensors"))
+        b = load_file(str(tmp_path / "fp32" / "model.safetensors"))
+        assert all(torch.equal(a[key], b[key]) for key in a)

@@ -39,7 +39,7 @@ def demo_config(out: str, iters: int | None = None, progress: bool = True) -> Tr
         optimizer="adamw",
         lr=2e-3,
         weight_decay=1e-4,
-        precision="bf16",
+        precision="auto",  # bf16 where native; emulated bf16 (e.g. AVX2-only CPUs) is many times slower
         channels_last=True,
         synthetic_length=700,
         overwrite=True,

@@ -39,7 +39,7 @@ from atrous.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from atrous.data.weights import CLASS_WEIGHTINGS, class_weights
 from atrous.engine import distributed
 from atrous.engine.checkpoint import save_checkpoint
-from atrous.engine.common import PRECISIONS, autocast, model_meta, resolve_device
+from atrous.engine.common import autocast, model_meta, resolve_device
 from atrous.engine.errors import UserError
 from atrous.engine.files import write_atomic, write_json_atomic, write_text_atomic
 from atrous.engine.global_batch import (
@@ -49,6 +49,7 @@ from atrous.engine.global_batch import (
     micro_batch_size,
     shard_dropout,
 )
+from atrous.engine.infer import PRECISIONS, resolve_precision
 from atrous.engine.losses import (
     LOSSES,
     WEIGHTED_LOSSES,
@@ -100,7 +101,7 @@ class TrainConfig:
     jitter: float = 0.0
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    precision: str = "fp32"
+    precision: str = "fp32"  # or "auto": bf16 where it is native (CUDA, AVX512-BF16/AMX CPUs), else fp32
     channels_last: bool = False
     compile: bool = False
     fused_optimizer: bool = False
@@ -272,7 +273,8 @@ class Trainer:
         self.info = self.dataset.info
         self.model = self._build_model()
         self.optimizer = _build_optimizer(self.model, cfg)
-        self.scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        self.precision = resolve_precision(cfg.precision, self.device)  # "auto" -> what runs here
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
         self.total = _total_iters(cfg, len(self.dataset))
         self.class_weights = self._class_weights()
         self.loss = build_loss(cfg.loss, ignore_index=self.info.ignore_index, class_weights=self.class_weights,
@@ -495,7 +497,7 @@ class Trainer:
 
     def _forward_backward(self, images: torch.Tensor, masks: torch.Tensor, totals: BatchTotals) -> dict[str, torch.Tensor]:
         """Forward and backward of one micro-batch; returns its (detached) shares of the losses."""
-        with autocast(self.device, self.cfg.precision):
+        with autocast(self.device, self.precision):
             outputs = self.net(images, return_aux=True)
         loss, parts = total_loss(self.loss, outputs, masks, self.model.aux_weights, totals)
         if self.adversary is not None:  # Luc et al. 2016: lambda * adversarial term, then a D step
@@ -553,7 +555,8 @@ class Trainer:
         finished = self.step >= self.total
         self._log({"event": "finished" if finished else "stopped", "step": self.step, "elapsed_s": round(self.elapsed, 2)})
         summary = {"iters": self.step, "total_iters": self.total, "seconds": round(self.elapsed, 2),
-                   "finished": finished, "processes": self.world.size}
+                   "finished": finished, "processes": self.world.size,
+                   "precision": self.precision}
         return summary
 
     def _evaluate_now(self) -> float:
