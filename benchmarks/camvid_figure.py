@@ -1,9 +1,12 @@
 """Pictures of a CamVid run for docs/benchmarks.md: input | ground truth | prediction |
-DenseCRF-refined prediction for a few val images, and the training curves of the run
-(train loss per epoch and, with `--eval-every`, val mIoU) from its log.jsonl.
+DenseCRF-refined prediction for a few images of a split (val, or seq_test: the held-out
+sequence), and the training curves of the run (train loss per epoch and, with
+`--eval-every`, val mIoU) from its log.jsonl; and, from benchmarks/results/camvid.json, the
+val against held-out mIoU of every sequence-held-out row.
 
     .venv/bin/python benchmarks/camvid_figure.py --checkpoint RUN/model.safetensors \
-        [--images 0 25 50 75] [--crf-params FILE] [--out docs/images/camvid]
+        [--split val|seq_test] [--images 0 25 50 75] [--crf-params FILE] [--out docs/images/camvid]
+    .venv/bin/python benchmarks/camvid_figure.py --gap docs/images/camvid_heldout_gap.png [--protocol light]
 
 Writes OUT_examples.png and OUT_curves.png (needs matplotlib, the `bench` extra). The CRF is
 DenseCRF with `--crf-params` (a YAML/JSON file as `atrous eval --crf-params` takes), else
@@ -114,9 +117,42 @@ def curves_figure(log_path: str, title: str, path: str) -> None:
     plt.close(fig)
 
 
+def gap_figure(results_path: Path, protocol: str, path: str) -> int:
+    """Grouped bars: val and held-out (seq_test) mIoU of each row of `protocol` trained on
+    seq_train, seeds averaged (the spread drawn where there are several); returns the bar count."""
+    with open(results_path) as handle:
+        rows = [r for r in json.load(handle)["rows"].values()
+                if "heldout" in r and r.get("protocol") == protocol and not r.get("smoke")]
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["recipe_name"].split("/", 1)[-1], []).append(row)
+    names = sorted(groups, key=lambda n: -np.mean([r["heldout"]["mIoU"] for r in groups[n]]))
+    if not names:
+        raise SystemExit(f"no sequence-held-out rows of protocol '{protocol}' in {results_path}")
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(names), 4.8))
+    for offset, (split, label, color) in ((-0.2, ("val", "val (0016E5, seen sequence)", "tab:gray")),
+                                          (0.2, ("heldout", "held-out (0006R0, never seen)", "tab:red"))):
+        values = [[100 * r[split]["mIoU"] for r in groups[n]] for n in names]
+        spread = [np.std(v, ddof=1) if len(v) > 1 else 0.0 for v in values]
+        ax.bar(x + offset, [np.mean(v) for v in values], 0.4, yerr=spread, label=label, color=color)
+    ax.set_xticks(x, [f"{n} ({len(groups[n])} seeds)" if len(groups[n]) > 1 else n for n in names],
+                  rotation=30, ha="right")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_title(f"CamVid, trained on seq_train: val against the held-out sequence ({protocol} protocol)")
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return len(names)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True)
+    parser.add_argument("--checkpoint", help="the run to draw (not needed with --gap alone)")
+    parser.add_argument("--split", default="val", help="the split whose images are drawn (val, seq_test)")
+    parser.add_argument("--gap", help="also draw the val / held-out mIoU bars of camvid.json to this PNG")
+    parser.add_argument("--protocol", default="light", help="the rows --gap draws (light, recipe)")
     parser.add_argument("--log", help="the run's log.jsonl (default: next to the checkpoint)")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "camvid"))
     parser.add_argument("--images", type=int, nargs="+", default=[0, 40, 70, 100])
@@ -124,9 +160,16 @@ def main() -> int:
     parser.add_argument("--title", default="CamVid")
     parser.add_argument("--out", default=str(ROOT / "docs" / "images" / "camvid"))
     args = parser.parse_args()
+    if args.gap:
+        count = gap_figure(ROOT / "benchmarks" / "results" / "camvid.json", args.protocol, args.gap)
+        print(f"wrote {args.gap} ({count} rows)")
+    if not args.checkpoint:
+        if not args.gap:
+            parser.error("--checkpoint is required unless --gap is given")
+        return 0
 
     model = load_checkpoint(args.checkpoint)
-    dataset = build_dataset("camvid", "val", data_root=args.data_root)
+    dataset = build_dataset("camvid", args.split, data_root=args.data_root)
     params = read_mapping_file(args.crf_params, "--crf-params") if args.crf_params else BEST_DENSE
     crf = DenseCRF(num_classes=model.num_classes, **params).eval()
     palette = palette_of(model.meta, model.num_classes)

@@ -209,3 +209,29 @@ def bench_yaml(path: Path) -> dict:
     import yaml
 
     return yaml.safe_load(path.read_text())
+
+
+def test_camvid_figure_draws_the_heldout_gap(tmp_path) -> None:
+    """One bar pair per recipe of the protocol (seeds averaged); other protocols, smoke rows
+    and rows without a held-out score are left out; no row at all is a one-line exit."""
+    import json
+
+    from PIL import Image
+
+    figure = import_benchmark("camvid_figure")
+    scores = {"mIoU": 0.5}
+    rows = {f"camvid/unet@light@seed{s}": dict(recipe_name="camvid/unet", protocol="light", smoke=False,
+                                                val=scores, heldout=dict(mIoU=0.3 + s / 100)) for s in (0, 1, 2)}
+    rows["camvid/fcn32s@light"] = dict(recipe_name="camvid/fcn32s", protocol="light", smoke=False, val=scores,
+                                       heldout=scores)
+    rows["camvid/segnet@light"] = dict(recipe_name="camvid/segnet", protocol="light", smoke=True, val=scores,
+                                       heldout=scores)
+    rows["camvid/pspnet"] = dict(recipe_name="camvid/pspnet", protocol="recipe", smoke=False, val=scores,
+                                 heldout=scores)
+    rows["camvid/old"] = dict(recipe_name="camvid/old", val=scores)
+    results = tmp_path / "camvid.json"
+    results.write_text(json.dumps({"rows": rows}))
+    assert figure.gap_figure(results, "light", str(tmp_path / "gap.png")) == 2
+    assert Image.open(tmp_path / "gap.png").size[0] > 150
+    with pytest.raises(SystemExit, match="no sequence-held-out rows of protocol 'x'"):
+        figure.gap_figure(results, "x", str(tmp_path / "none.png"))
