@@ -477,9 +477,13 @@ def generated_section(results: dict[str, Any]) -> str:
     if any(r["smoke"] for r in rows):
         lines += ["**Rows marked (smoke) are pipeline checks, not results**: a budget other than the "
                   f"recipe's (CamVid: the protocol's {PROTOCOL_ITERS} iterations), or a subset of the val images.", ""]
-    threads = sorted({r["threads"] for r in rows})
+    threads = sorted({r["threads"] for r in rows + sequence})
     lines += [f"Measured on this project's 2-core CPU (no GPU), torch threads: {threads}; latency and "
               "s/iter are single measurements on a shared machine.", ""]
+    precisions = sorted({r["precision"] for r in sequence if r.get("precision")})
+    if precisions:
+        lines += [f"Sequence-held-out rows trained in {', '.join(precisions)} (the recipes' `precision: auto`: "
+                  "bf16 only on a CPU with native bf16); every evaluation is fp32.", ""]
     light = [r for r in sequence if r["protocol"] == "light" and is_protocol(r)]
     full = [r for r in sequence if r["protocol"] == "recipe" and is_protocol(r)]
     best = [r for r in sequence if not is_protocol(r)]
