@@ -130,7 +130,7 @@ def gap_figure(results_path: Path, protocol: str, path: str) -> int:
     if not names:
         raise SystemExit(f"no sequence-held-out rows of protocol '{protocol}' in {results_path}")
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(1.0 + 0.9 * len(names), 4.8))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.0 + 0.9 * len(names)), 4.8))
     for offset, (split, label, color) in ((-0.2, ("val", "val (0016E5, seen sequence)", "tab:gray")),
                                           (0.2, ("heldout", "held-out (0006R0, never seen)", "tab:red"))):
         values = [[100 * r[split]["mIoU"] for r in groups[n]] for n in names]
@@ -139,7 +139,7 @@ def gap_figure(results_path: Path, protocol: str, path: str) -> int:
     ax.set_xticks(x, [f"{n} ({len(groups[n])} seeds)" if len(groups[n]) > 1 else n for n in names],
                   rotation=30, ha="right")
     ax.set_ylabel("mIoU (%)")
-    ax.set_title(f"CamVid, trained on seq_train: val against the held-out sequence ({protocol} protocol)")
+    ax.set_title(f"CamVid ({protocol} protocol): val vs a sequence never seen", fontsize=11)
     ax.legend(frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=80)
