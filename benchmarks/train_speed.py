@@ -2,9 +2,9 @@
 torch.compile and the fused optimiser: the CamVid peer pairs' recipes (same data pipeline,
 loss, optimiser, precision ("auto": bf16 where native), channels-last, batch 8, 256 crops),
 their training steps interleaved (atrous eager, compiled, fused, smp eager, compiled, fused,
-atrous eager, ...) so that all see the same machine state; the median seconds per step of each (and the fastest step: on a
-shared machine, what a step costs when nothing else runs), steps per second, and the speed
-ratios (of medians).
+atrous eager, ...) so that all see the same machine state; the median seconds per step of
+each (and the fastest step: on a shared machine, what a step costs when nothing else runs),
+steps per second, and the speed ratios (of medians).
 
     .venv/bin/python benchmarks/train_speed.py [--steps 15] [--warmup 3] [--threads 2]
         [--variants eager compile fused] [--pairs unet deeplab_v3plus]
