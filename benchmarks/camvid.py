@@ -42,6 +42,7 @@ import datetime
 import json
 import math
 import os
+import platform
 import statistics
 import sys
 import time
@@ -69,6 +70,18 @@ WARMUP, TIMED = 2, 5
 # peer rows and their atrous counterparts
 PEERS = {"camvid/smp_unet_resnet18": "camvid/unet_resnet18",
          "camvid/smp_deeplabv3plus_resnet18": "camvid/deeplab_v3plus_resnet18"}
+
+
+def cpu_name() -> str:
+    """The processor's model name (/proc/cpuinfo), or the platform's word for it."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 # --- recipes ---------------------------------------------------------------------------
@@ -271,6 +284,8 @@ def commands(path: Path, cfg, iters: int | None, crf_params: str | None = None,
 
 
 def run_recipe(path: Path, args: argparse.Namespace, seed: int | None = None) -> dict[str, Any]:
+    from atrous.engine.infer import cpu_has_native_bf16
+
     key = row_key(path, args.protocol, seed)
     if is_peer(path):
         register_smp_models()
@@ -313,6 +328,8 @@ def run_recipe(path: Path, args: argparse.Namespace, seed: int | None = None) ->
         "s_per_iter": seconds / iters if iters and seconds is not None else None,
         **measure(model, IMAGE_SIZES.get(cfg.dataset, (512, 512))),
         "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "native_bf16": cpu_has_native_bf16(),  # s/iter of rows on CPUs with and without it do not compare
         "val": dataset_scores(cfg.dataset, metrics),
         "checkpoint": checkpoint,
         "commands": commands(path, cfg, args.iters, args.crf_params, overrides),
@@ -396,9 +413,9 @@ def heldout_tables(rows: list[dict[str, Any]]) -> list[str]:
     crf = any("heldout_crf" in r for r in rows)
     lines = [
         "| row | model | backbone | params (M) | GFLOPs 360x480 | latency (ms) | iters | crop | train (s) "
-        "| s/iter | val mIoU | **held-out mIoU** | held-out class acc | held-out global acc |"
+        "| s/iter | train precision | val mIoU | **held-out mIoU** | held-out class acc | held-out global acc |"
         + (" held-out + DenseCRF |" if crf else ""),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if crf else ""),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if crf else ""),
     ]
     for r in rows:
         v, h = r["val"], r["heldout"]
@@ -406,7 +423,7 @@ def heldout_tables(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {name} | {r['model']} | {r['backbone'] or 'default'} | {r['params_m']:.2f} | {r['gflops']:.1f} "
             f"| {r['latency_ms']:.0f} | {_num(r['iters'], 'd')} | {r['crop_size']} | {_num(r['train_seconds'], '.0f')} "
-            f"| {_num(r['s_per_iter'], '.2f')} | {_pct(v['mIoU'])} | **{_pct(h['mIoU'])}** "
+            f"| {_num(r['s_per_iter'], '.2f')} | {r.get('precision') or '-'} | {_pct(v['mIoU'])} | **{_pct(h['mIoU'])}** "
             f"| {_pct(h['mean_accuracy'])} | {_pct(h['pixel_accuracy'])} |"
             + (f" {_pct(r['heldout_crf']['mIoU']) if 'heldout_crf' in r else '-'} |" if crf else "")
         )
@@ -484,6 +501,10 @@ def generated_section(results: dict[str, Any]) -> str:
     if precisions:
         lines += [f"Sequence-held-out rows trained in {', '.join(precisions)} (the recipes' `precision: auto`: "
                   "bf16 only on a CPU with native bf16); every evaluation is fp32.", ""]
+    if len({r.get("native_bf16") for r in sequence}) > 1:
+        lines += ["These rows come from two CPUs, one with native bf16 (AVX512-BF16, rows in bf16) and one "
+                  "without (AVX2, rows in fp32): train (s), s/iter and latency compare only between rows "
+                  "of the same precision.", ""]
     light = [r for r in sequence if r["protocol"] == "light" and is_protocol(r)]
     full = [r for r in sequence if r["protocol"] == "recipe" and is_protocol(r)]
     best = [r for r in sequence if not is_protocol(r)]

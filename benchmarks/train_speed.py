@@ -103,18 +103,6 @@ def print_row(row: dict) -> None:
               f"| {row['first_step_s'][key]:.1f} |", flush=True)
 
 
-def cpu_name() -> str:
-    """The processor's model name (/proc/cpuinfo), or the platform's word for it."""
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=15)
@@ -137,7 +125,7 @@ def main() -> int:
     from atrous.engine.infer import cpu_has_native_bf16
 
     result = {"command": "benchmarks/train_speed.py " + " ".join(sys.argv[1:]), "threads": args.threads,
-              "torch": torch.__version__, "machine": platform.machine(), "cpu": cpu_name(),
+              "torch": torch.__version__, "machine": platform.machine(), "cpu": camvid.cpu_name(),
               "native_bf16": cpu_has_native_bf16(),  # the recipes' precision "auto" is bf16 only then
               "rows": rows}
     out = ROOT / "benchmarks" / "results" / "train_speed.json"
