@@ -2,11 +2,13 @@
 DenseCRF-refined prediction for a few images of a split (val, or seq_test: the held-out
 sequence), and the training curves of the run (train loss per epoch and, with
 `--eval-every`, val mIoU) from its log.jsonl; and, from benchmarks/results/camvid.json, the
-val against held-out mIoU of every sequence-held-out row.
+val against held-out mIoU of every sequence-held-out row; or the train loss of several runs
+on one axis (a run that diverges, beside its fix).
 
     .venv/bin/python benchmarks/camvid_figure.py --checkpoint RUN/model.safetensors \
         [--split val|seq_test] [--images 0 25 50 75] [--crf-params FILE] [--out docs/images/camvid]
     .venv/bin/python benchmarks/camvid_figure.py --gap docs/images/camvid_heldout_gap.png [--protocol light]
+    .venv/bin/python benchmarks/camvid_figure.py --losses OUT.png --logs LABEL=RUN/log.jsonl ...
 
 Writes OUT_examples.png and OUT_curves.png (needs matplotlib, the `bench` extra). The CRF is
 DenseCRF with `--crf-params` (a YAML/JSON file as `atrous eval --crf-params` takes), else
@@ -117,6 +119,29 @@ def curves_figure(log_path: str, title: str, path: str) -> None:
     plt.close(fig)
 
 
+def read_epochs(log_path: str) -> list[dict]:
+    """The per-epoch records (step, train loss) of a run's log.jsonl."""
+    with open(log_path) as handle:
+        return [r for r in (json.loads(line) for line in handle if line.strip()) if "epoch" in r]
+
+
+def losses_figure(logs: dict[str, str], title: str, path: str) -> None:
+    """The train loss (epoch means, log scale) of several runs on one axis: a run that
+    diverges or stops learning shows as a spike or a flat line near ln(classes)."""
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for label, log_path in logs.items():
+        epochs = read_epochs(log_path)
+        ax.plot([r["step"] for r in epochs], [r["loss"] for r in epochs], "o-", label=label)
+    ax.set_yscale("log")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("train loss (epoch mean, log scale)")
+    ax.set_title(title, fontsize=11)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+
+
 def gap_figure(results_path: Path, protocol: str, path: str) -> int:
     """Grouped bars: val and held-out (seq_test) mIoU of each row of `protocol` trained on
     seq_train, seeds averaged (the spread drawn where there are several); returns the bar count."""
@@ -153,6 +178,9 @@ def main() -> int:
     parser.add_argument("--split", default="val", help="the split whose images are drawn (val, seq_test)")
     parser.add_argument("--gap", help="also draw the val / held-out mIoU bars of camvid.json to this PNG")
     parser.add_argument("--protocol", default="light", help="the rows --gap draws (light, recipe)")
+    parser.add_argument("--losses", help="draw the train loss of the runs of --logs to this PNG")
+    parser.add_argument("--logs", nargs="+", default=[], metavar="LABEL=LOG",
+                        help="runs for --losses: a label and a log.jsonl each")
     parser.add_argument("--log", help="the run's log.jsonl (default: next to the checkpoint)")
     parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "camvid"))
     parser.add_argument("--images", type=int, nargs="+", default=[0, 40, 70, 100])
@@ -163,9 +191,14 @@ def main() -> int:
     if args.gap:
         count = gap_figure(ROOT / "benchmarks" / "results" / "camvid.json", args.protocol, args.gap)
         print(f"wrote {args.gap} ({count} rows)")
+    if args.losses:
+        if not args.logs or any("=" not in item for item in args.logs):
+            parser.error("--losses needs --logs LABEL=PATH/log.jsonl ...")
+        losses_figure(dict(item.split("=", 1) for item in args.logs), args.title, args.losses)
+        print(f"wrote {args.losses} ({len(args.logs)} runs)")
     if not args.checkpoint:
-        if not args.gap:
-            parser.error("--checkpoint is required unless --gap is given")
+        if not (args.gap or args.losses):
+            parser.error("--checkpoint is required unless --gap or --losses is given")
         return 0
 
     model = load_checkpoint(args.checkpoint)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import unittest.mock
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,26 @@ def test_camvid_figure_draws_the_heldout_gap(tmp_path) -> None:
     assert Image.open(tmp_path / "gap.png").size[0] > 150
     with pytest.raises(SystemExit, match="no sequence-held-out rows of protocol 'x'"):
         figure.gap_figure(results, "x", str(tmp_path / "none.png"))
+
+
+def test_camvid_figure_draws_the_losses_of_several_runs(tmp_path) -> None:
+    """One line per run from its log.jsonl (epoch records only); a malformed --logs item is a
+    usage error."""
+    import json
+
+    from PIL import Image
+
+    figure = import_benchmark("camvid_figure")
+    logs = {}
+    for name, losses in (("lr 1e-3", [56.3, 3.2, 2.4]), ("lr 3e-4", [2.3, 1.9, 1.6])):
+        log = tmp_path / f"{name}.jsonl"
+        records = [dict(epoch=i + 1, step=34 * (i + 1), loss=v) for i, v in enumerate(losses)]
+        log.write_text("\n".join(json.dumps(r) for r in records + [{"event": "finished", "step": 102}]) + "\n")
+        logs[name] = str(log)
+    assert [r["loss"] for r in figure.read_epochs(logs["lr 1e-3"])] == [56.3, 3.2, 2.4]
+    figure.losses_figure(logs, "RefineNet", str(tmp_path / "losses.png"))
+    assert Image.open(tmp_path / "losses.png").size[0] > 300
+    argv = ["camvid_figure.py", "--losses", str(tmp_path / "x.png"), "--logs", "no-equals-sign"]
+    with unittest.mock.patch("sys.argv", argv), pytest.raises(SystemExit):
+        figure.main()
+    assert not (tmp_path / "x.png").exists()
