@@ -265,3 +265,30 @@ def test_camvid_figure_draws_the_losses_of_several_runs(tmp_path) -> None:
     with unittest.mock.patch("sys.argv", argv), pytest.raises(SystemExit):
         figure.main()
     assert not (tmp_path / "x.png").exists()
+
+
+def test_first_steps_reproduces_the_real_runs_losses(tmp_path) -> None:
+    """benchmarks/first_steps.py runs the recipe's own training: its per-step losses average
+    to the epoch loss the real run logs (same data, schedule and optimiser); --set overrides."""
+    import json
+
+    import yaml
+
+    from atrous.engine.train import TrainConfig, train
+
+    first_steps = import_benchmark("first_steps")
+    recipe = dict(model="unet", model_options={"base_channels": 4}, dataset="synthetic", synthetic_size=32,
+                  synthetic_length=4, crop_size=32, batch_size=2, iters=4, optimizer="adamw", lr=0.01,
+                  eval_split=None, progress=False, out=str(tmp_path / "real"))
+    train(TrainConfig(**recipe))
+    logged = [json.loads(line) for line in (tmp_path / "real" / "log.jsonl").read_text().splitlines()]
+    epochs = [r["loss"] for r in logged if "epoch" in r]
+    precision, losses = first_steps.first_losses(dict(recipe, out=str(tmp_path / "probe")), 4)
+    assert precision == "fp32" and len(losses) == 4
+    assert epochs == pytest.approx([(losses[0] + losses[1]) / 2, (losses[2] + losses[3]) / 2], rel=1e-4)
+    assert first_steps.parse_sets(["lr=0.0003", "precision=fp32"]) == {"lr": 0.0003, "precision": "fp32"}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        first_steps.parse_sets(["lr"])
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    assert first_steps.main([str(path), "--steps", "2", "--out", str(tmp_path / "cli"), "--set", "lr=0.001"]) == 0
