@@ -502,9 +502,8 @@ def generated_section(results: dict[str, Any]) -> str:
         lines += [f"Sequence-held-out rows trained in {', '.join(precisions)} (the recipes' `precision: auto`: "
                   "bf16 only on a CPU with native bf16); every evaluation is fp32.", ""]
     if len({r.get("native_bf16") for r in sequence}) > 1:
-        lines += ["These rows come from two CPUs, one with native bf16 (AVX512-BF16, rows in bf16) and one "
-                  "without (AVX2, rows in fp32): train (s), s/iter and latency compare only between rows "
-                  "of the same precision.", ""]
+        lines += ["These rows come from CPUs with and without native bf16 (the rows' `native_bf16`): "
+                  "train (s), s/iter and latency compare only between rows of the same precision.", ""]
     light = [r for r in sequence if r["protocol"] == "light" and is_protocol(r)]
     full = [r for r in sequence if r["protocol"] == "recipe" and is_protocol(r)]
     best = [r for r in sequence if not is_protocol(r)]
