@@ -142,7 +142,12 @@ def run_overrides(protocol: str, seed: int | None) -> dict[str, Any]:
 
 
 def row_key(path: Path, protocol: str, seed: int | None) -> str:
-    """'camvid/unet_resnet18@light@seed1'; the recipe's own budget and seed add nothing."""
+    """'camvid/unet_resnet18@light@seed1'; the recipe's own budget and seed add nothing
+    (`--seeds 0` on a recipe of seed 0 is that recipe's own row, not a second one)."""
+    from atrous.engine.train import TrainConfig
+
+    if seed is not None and seed == read_recipe(path).get("seed", TrainConfig.seed):
+        seed = None
     key = recipe_key(path)
     if protocol != "recipe":
         key += f"@{protocol}"

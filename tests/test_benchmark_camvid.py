@@ -140,6 +140,7 @@ def test_heldout_tables_and_seeds() -> None:
     path = REPO / "configs/camvid/unet_resnet18.yaml"
     assert bench.row_key(path, "light", 1) == "camvid/unet_resnet18@light@seed1"
     assert bench.row_key(path, "recipe", None) == "camvid/unet_resnet18"
+    assert bench.row_key(path, "light", 0) == "camvid/unet_resnet18@light"  # the recipe's own seed
     cfg = bench.train_config(path, out="x", iters=None, resume=False, overwrite=False, progress=False,
                              overrides=bench.run_overrides("light", 1))
     assert (cfg.iters, cfg.crop_size, cfg.seed, cfg.train_split) == (300, 192, 1, "seq_train")
