@@ -6,7 +6,7 @@ val against held-out mIoU of every sequence-held-out row; or the train loss of s
 on one axis (a run that diverges, beside its fix).
 
     .venv/bin/python benchmarks/camvid_figure.py --checkpoint RUN/model.safetensors \
-        [--split val|seq_test] [--images 0 25 50 75] [--crf-params FILE] [--out docs/images/camvid]
+        [--split val|seq_test] [--images 0 25 50 75] [--crf-params FILE] [--target ENet 0.513] [--out docs/images/camvid]
     .venv/bin/python benchmarks/camvid_figure.py --gap docs/images/camvid_heldout_gap.png [--protocol light]
     .venv/bin/python benchmarks/camvid_figure.py --losses OUT.png --logs LABEL=RUN/log.jsonl ...
 
@@ -93,7 +93,13 @@ def examples_figure(rows, palette: np.ndarray, class_names: list[str], path: str
     plt.close(fig)
 
 
-def curves_figure(log_path: str, title: str, path: str) -> None:
+# what the curve of each evaluation split measures, for the axis label
+SPLIT_LABELS = {"val": "val (0016E5) mIoU", "seq_test": "held-out (0006R0) mIoU"}
+
+
+def curves_figure(log_path: str, title: str, path: str, targets: dict[str, float] | None = None) -> None:
+    """Train loss per epoch and the evaluation curve of a run's log.jsonl; `targets`
+    ({"ENet": 0.513}) are drawn as dashed lines on the mIoU axis."""
     with open(log_path) as handle:
         records = [json.loads(line) for line in handle if line.strip()]
     epochs = [r for r in records if "epoch" in r]
@@ -106,7 +112,12 @@ def curves_figure(log_path: str, title: str, path: str) -> None:
         key = next(k for k in evals[0] if k.endswith("_mIoU"))
         miou_ax = loss_ax.twinx()
         miou_ax.plot([r["step"] for r in evals], [r[key] for r in evals], "o-", color="tab:red", label=key)
-        miou_ax.set_ylabel(key.replace("_", " "), color="tab:red")
+        split = key[: -len("_mIoU")]
+        miou_ax.set_ylabel(SPLIT_LABELS.get(split, key.replace("_", " ")), color="tab:red")
+        for name, value in (targets or {}).items():
+            miou_ax.axhline(value, color="tab:gray", linestyle="--", linewidth=1)
+            miou_ax.annotate(f"{name} {value:.3f}", (0, value), xycoords=("axes fraction", "data"),
+                             textcoords="offset points", xytext=(4, 3), color="tab:gray", fontsize=9)
         best = evals[-1]
         miou_ax.annotate(f"{best[key]:.3f}", (best["step"], best[key]), textcoords="offset points",
                          xytext=(-12, -16), color="tab:red")
@@ -186,6 +197,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, nargs="+", default=[0, 40, 70, 100])
     parser.add_argument("--crf-params", help="DenseCRF parameters (YAML/JSON)")
     parser.add_argument("--title", default="CamVid")
+    parser.add_argument("--target", nargs=2, action="append", default=[], metavar=("NAME", "MIOU"),
+                        help="a reference mIoU drawn on the curve, e.g. --target ENet 0.513 (repeatable)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "images" / "camvid"))
     args = parser.parse_args()
     if args.gap:
@@ -210,7 +223,8 @@ def main() -> int:
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     examples_figure(rows, palette, list(dataset.info.class_names), f"{args.out}_examples.png")
     log = args.log or os.path.join(os.path.dirname(args.checkpoint), "log.jsonl")
-    curves_figure(log, args.title, f"{args.out}_curves.png")
+    targets = {name: float(value) for name, value in args.target}
+    curves_figure(log, args.title, f"{args.out}_curves.png", targets)
     print(f"wrote {args.out}_examples.png and {args.out}_curves.png")
     return 0
 

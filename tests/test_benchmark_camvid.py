@@ -7,6 +7,7 @@ import sys
 import unittest.mock
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -161,6 +162,12 @@ def test_camvid_figure_draws_examples_and_curves(tmp_path) -> None:
                    '{"step": 100, "val_mIoU": 0.4, "val_pixel_accuracy": 0.8, "elapsed_s": 130}\n'
                    '{"event": "finished", "step": 100, "elapsed_s": 130}\n')
     figure.curves_figure(str(log), "test", str(tmp_path / "curves.png"))
+    held_out = tmp_path / "held_out.jsonl"
+    held_out.write_text(log.read_text().replace("val_", "seq_test_"))
+    figure.curves_figure(str(held_out), "test", str(tmp_path / "plain.png"))
+    figure.curves_figure(str(held_out), "test", str(tmp_path / "target.png"), {"ENet": 0.35})
+    plain, target = (np.asarray(Image.open(tmp_path / n).convert("L")) for n in ("plain.png", "target.png"))
+    assert plain.shape == target.shape and (plain != target).sum() > 100  # the reference line is drawn
     truth = torch.randint(-1, 3, (24, 32)).numpy()
     pred = truth.clip(0, None)
     assert figure.accuracy(pred, truth) == 1.0
