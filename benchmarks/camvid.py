@@ -167,7 +167,9 @@ def train_config(path: Path, *, out: str, iters: int | None, resume: bool, overw
     if iters is not None:
         values.pop("epochs", None)
         values["iters"] = iters
-    values.update(out=out, eval_split=None, resume=resume, overwrite=overwrite, progress=progress)
+    values.update(out=out, resume=resume, overwrite=overwrite, progress=progress)
+    if not values.get("eval_every"):  # the benchmark evaluates afterwards; a curve needs training's own
+        values["eval_split"] = None
     cfg = TrainConfig(**values)
     cfg.validate()
     return cfg

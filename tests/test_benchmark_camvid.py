@@ -149,6 +149,10 @@ def test_heldout_tables_and_seeds() -> None:
     found = bench.commands(path, cfg, None, overrides=bench.run_overrides("light", 1))
     assert "--iters 300 --crop-size 192 --seed 1" in found["train"]
     assert found["eval_heldout"].endswith("--split seq_test --precision fp32")
+    assert cfg.eval_split is None  # the benchmark evaluates the checkpoint itself, afterwards
+    curve = REPO / "configs/camvid_best/deeplab_v3plus_resnet18_60min.yaml"  # eval_every: a curve
+    cfg = bench.train_config(curve, out="x", iters=None, resume=False, overwrite=False, progress=False)
+    assert (cfg.eval_split, cfg.eval_every) == ("seq_test", 500)
 
 
 def test_camvid_figure_draws_examples_and_curves(tmp_path) -> None:
