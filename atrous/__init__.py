@@ -17,12 +17,13 @@ __version__ = "0.1.0"
 
 # names resolved on first use, so that `import atrous` stays light
 _LAZY = {
-    "save_checkpoint": "atrous.engine.checkpoint",
-    "load_checkpoint": "atrous.engine.checkpoint",
+    "save_checkpoint": "atrous.checkpoints",
+    "load_checkpoint": "atrous.checkpoints",
     "from_torchvision": "atrous.models.torchvision_compat",
-    "infer": "atrous.engine.infer",
+    "infer": "atrous.inference.infer",
 }
-_LAZY_MODULES = ("crf", "metrics", "data", "engine", "layers", "backbones")
+_LAZY_MODULES = ("crf", "metrics", "data", "layers", "backbones", "losses", "options", "checkpoints", "training",
+                 "inference", "deployment", "runtime", "commands", "engine")
 
 
 def __getattr__(name: str) -> Any:

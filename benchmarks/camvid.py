@@ -9,13 +9,13 @@ budget, evaluate every checkpoint as `atrous eval` does, measure size, FLOPs and
   Default: every configs/camvid/*.yaml except the smp peers, and configs/isbi2012/*.yaml;
   `--peers` adds configs/camvid/smp_*.yaml (they need segmentation-models-pytorch, the
   `bench` extra; benchmarks/smp_models.py registers them).
-- Training: `atrous.engine.train.train` on the recipe read by the CLI's config reader, with
+- Training: `atrous.training.trainer.train` on the recipe read by the CLI's config reader, with
   `--iters N` (default: the recipe's own budget) for every row and no evaluation at the end
   (the checkpoint is evaluated below instead). Writes OUT/model.safetensors, where OUT is
   `--out`, else `--out-root`/<dataset>/<recipe>, else the recipe's own `out`
   (runs/<dataset>/<recipe>: git ignores runs/). `--skip-train` evaluates existing
   checkpoints and takes the training time from their metrics.json.
-- Evaluation: load_checkpoint + atrous.engine.evaluate.evaluate on the dataset's val split
+- Evaluation: load_checkpoint + atrous.inference.evaluate.evaluate on the dataset's val split
   at full resolution, fp32, batch 4: `atrous eval --checkpoint OUT/model.safetensors
   --dataset D --split val --precision fp32` gives the same numbers (for smp rows run
   `benchmarks/smp_models.py eval ...`, which registers the smp models first).
@@ -127,10 +127,10 @@ def read_recipe(path: Path) -> dict[str, Any]:
     """The recipe's options, read by the CLI's own config reader (same checks, same errors)."""
     import dataclasses
 
-    from atrous.cli import _read_config
-    from atrous.engine.train import TrainConfig
+    from atrous.options import read_config
+    from atrous.training import TrainConfig
 
-    return _read_config(str(path), {f.name for f in dataclasses.fields(TrainConfig)})
+    return read_config(str(path), {f.name for f in dataclasses.fields(TrainConfig)})
 
 
 def run_overrides(protocol: str, seed: int | None) -> dict[str, Any]:
@@ -144,7 +144,7 @@ def run_overrides(protocol: str, seed: int | None) -> dict[str, Any]:
 def row_key(path: Path, protocol: str, seed: int | None) -> str:
     """'camvid/unet_resnet18@light@seed1'; the recipe's own budget and seed add nothing
     (`--seeds 0` on a recipe of seed 0 is that recipe's own row, not a second one)."""
-    from atrous.engine.train import TrainConfig
+    from atrous.training import TrainConfig
 
     if seed is not None and seed == read_recipe(path).get("seed", TrainConfig.seed):
         seed = None
@@ -158,7 +158,7 @@ def row_key(path: Path, protocol: str, seed: int | None) -> str:
 
 def train_config(path: Path, *, out: str, iters: int | None, resume: bool, overwrite: bool, progress: bool,
                  overrides: dict[str, Any] | None = None):
-    from atrous.engine.train import TrainConfig
+    from atrous.training import TrainConfig
 
     values = read_recipe(path)
     values.update(overrides or {})
@@ -211,8 +211,8 @@ def measure(model: torch.nn.Module, size: tuple[int, int]) -> dict[str, float]:
 def evaluate_checkpoint(checkpoint: str, cfg, max_images: int | None,
                         progress: bool, split: str = "val") -> tuple[torch.nn.Module, dict[str, Any]]:
     """The model and what `atrous eval --checkpoint C --dataset D --split S` computes."""
-    from atrous.engine.checkpoint import load_checkpoint
-    from atrous.engine.evaluate import evaluate
+    from atrous.checkpoints.checkpoint import load_checkpoint
+    from atrous.inference.evaluate import evaluate
 
     model = load_checkpoint(checkpoint)
     metrics = evaluate(model, val_dataset(cfg, max_images, split), batch_size=EVAL_BATCH,
@@ -229,7 +229,7 @@ def heldout_split(cfg) -> str | None:
 def val_dataset(cfg, max_images: int | None, split: str = "val") -> torch.utils.data.Dataset:
     """A split of the recipe's dataset (its first `max_images` items when given)."""
     from atrous.data import build_dataset
-    from atrous.engine.runs import FirstItems
+    from atrous.inference.evaluate import FirstItems
 
     dataset = build_dataset(cfg.dataset, split, data_root=cfg.data_root, num_classes=cfg.num_classes)
     return dataset if max_images is None else FirstItems(dataset, max_images)
@@ -237,8 +237,8 @@ def val_dataset(cfg, max_images: int | None, split: str = "val") -> torch.utils.
 
 def evaluate_with_crf(model: torch.nn.Module, cfg, args: argparse.Namespace, split: str = "val") -> dict[str, Any]:
     """What `atrous eval ... --split S --crf dense --crf-params P` computes."""
-    from atrous.engine.evaluate import evaluate
-    from atrous.engine.runs import build_crf
+    from atrous.inference.evaluate import evaluate
+    from atrous.inference.refinement import build_crf
 
     crf = build_crf("dense", model, args.crf_params)
     return evaluate(model, val_dataset(cfg, args.max_images, split), batch_size=EVAL_BATCH,
@@ -291,7 +291,7 @@ def commands(path: Path, cfg, iters: int | None, crf_params: str | None = None,
 
 
 def run_recipe(path: Path, args: argparse.Namespace, seed: int | None = None) -> dict[str, Any]:
-    from atrous.engine.infer import cpu_has_native_bf16
+    from atrous.runtime.device import cpu_has_native_bf16
 
     key = row_key(path, args.protocol, seed)
     if is_peer(path):
@@ -300,7 +300,7 @@ def run_recipe(path: Path, args: argparse.Namespace, seed: int | None = None) ->
     cfg = train_config(path, out=out_dir(path, args, key[len(recipe_key(path)):]), iters=args.iters,
                        resume=args.resume, overwrite=args.overwrite, progress=args.progress, overrides=overrides)
     if not args.skip_train:
-        from atrous.engine.train import train
+        from atrous.training.trainer import train
 
         print(f"[{key}] training {cfg.model} for {cfg.iters} iterations -> {cfg.out}", flush=True)
         train(cfg)
@@ -362,7 +362,7 @@ def run_recipe(path: Path, args: argparse.Namespace, seed: int | None = None) ->
 
 def remeasure(row: dict[str, Any]) -> None:
     """Update a row's size, GFLOPs, latency and thread count from its checkpoint."""
-    from atrous.engine.checkpoint import load_checkpoint
+    from atrous.checkpoints.checkpoint import load_checkpoint
 
     if row.get("peer"):
         register_smp_models()

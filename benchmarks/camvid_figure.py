@@ -30,12 +30,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from atrous.checkpoints.checkpoint import load_checkpoint  # noqa: E402
+from atrous.checkpoints.meta import normalisation, palette_of
 from atrous.crf import DenseCRF  # noqa: E402
 from atrous.data import build_dataset  # noqa: E402
 from atrous.data.transforms import Normalize  # noqa: E402
-from atrous.engine import load_checkpoint  # noqa: E402
-from atrous.engine.common import normalisation, palette_of, read_mapping_file  # noqa: E402
-from atrous.engine.evaluate import predict_logits  # noqa: E402
+from atrous.inference.evaluate import predict_logits  # noqa: E402
+from atrous.options import read_mapping_file  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 # the best DenseCRF setting of benchmarks/crf_effect.py on CamVid val

@@ -22,11 +22,12 @@ from pathlib import Path
 
 import torch
 
+from atrous.checkpoints.checkpoint import load_checkpoint
 from atrous.crf import DenseCRF
 from atrous.data import build_dataset
-from atrous.engine import evaluate, load_checkpoint
-from atrous.engine.crf_fit import fit_checkpoint_crf
-from atrous.engine.runs import build_crf
+from atrous.inference.evaluate import evaluate
+from atrous.inference.refinement import build_crf
+from atrous.training.crf_fit import fit_checkpoint_crf
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +67,7 @@ def main() -> int:
     model = load_checkpoint(args.checkpoint)
     dataset = build_dataset(args.dataset, args.split, data_root=args.data_root)
     if args.max_images:
-        from atrous.engine.runs import FirstItems
+        from atrous.inference.evaluate import FirstItems
 
         dataset = FirstItems(dataset, args.max_images)
     rows = []

@@ -42,7 +42,7 @@ def parse_sets(items: list[str]) -> dict:
 
 def first_losses(recipe: dict, steps: int) -> tuple[str, list[float]]:
     """The precision the run resolved to, and the loss of each of its first `steps` steps."""
-    from atrous.engine.train import TrainConfig, Trainer, poly_lr
+    from atrous.training.trainer import TrainConfig, Trainer, poly_lr
 
     cfg = TrainConfig(**recipe)
     trainer = Trainer(cfg)

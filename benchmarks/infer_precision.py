@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 import atrous
+from atrous.checkpoints.meta import normalisation
 from atrous.data import build_dataset, eval_transform
-from atrous.engine.common import normalisation
-from atrous.engine.infer import prepare
+from atrous.inference.infer import prepare
 from atrous.metrics import ConfusionMatrix
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,7 @@ on the same CamVid checkpoint: speed, label agreement with fp32 and CamVid val m
         [--no-docs | --docs-only]
 
 - fp32: the checkpoint in PyTorch, eager, as `atrous eval --precision fp32` runs it.
-- ort_int8: `atrous.engine.quantize.export_int8` (QDQ, per-channel int8 weights, uint8
+- ort_int8: `atrous.deployment.int8.export_int8` (QDQ, per-channel int8 weights, uint8
   activations, MinMax ranges from `--calibrate-images` CamVid train images spread over the
   split), run by onnxruntime's CPU provider with `--threads` threads.
 - pt2e_int8 (needs `pip install torchao`; torch 2.14 moved PT2E out of torch.ao):
@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 
 import atrous
+from atrous.checkpoints.meta import normalisation
 from atrous.data import build_dataset, eval_transform
-from atrous.engine.common import normalisation
-from atrous.engine.quantize import calibration_images, export_int8
+from atrous.deployment.int8 import calibration_images, export_int8
 from atrous.metrics import ConfusionMatrix
 
 ROOT = Path(__file__).resolve().parents[1]

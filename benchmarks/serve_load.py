@@ -176,7 +176,7 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 def bare_times_ms(checkpoint: Path, png: bytes, query: dict[str, str], repeats: int) -> list[float]:
     """The same work as one request, without HTTP: Segmenter.run in this process."""
     import atrous
-    from atrous.engine.runs import build_crf
+    from atrous.inference.refinement import build_crf
     from atrous.serve.segment import Options, Segmenter, Timer
 
     model = atrous.load_checkpoint(str(checkpoint))

@@ -47,8 +47,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import atrous
 from atrous.data import IMAGENET_MEAN, IMAGENET_STD, build_dataset
-from atrous.engine.infer import prepare, resolve_precision
-from atrous.engine.quantize import calibration_images, export_int8
+from atrous.deployment.int8 import calibration_images, export_int8
+from atrous.inference.infer import prepare
+from atrous.runtime.device import resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results" / "speed.json"

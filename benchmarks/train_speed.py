@@ -44,7 +44,7 @@ SEPARABLE = {"model_options": {"separable": True}}
 def make_stepper(recipe: Path, out: str, **overrides) -> Callable[[], float]:
     """A function doing one training step of the recipe's Trainer (its own data stream),
     returning the seconds the step took (data loading not counted)."""
-    from atrous.engine.train import Trainer, poly_lr
+    from atrous.training.trainer import Trainer, poly_lr
 
     cfg = camvid.train_config(recipe, out=out, iters=10_000, resume=False, overwrite=True, progress=False)
     if "model_options" in overrides:
@@ -122,7 +122,7 @@ def main() -> int:
         row = compare(ours, peer, args.variants, args.steps, args.warmup)
         rows.append(row)
         print_row(row)
-    from atrous.engine.infer import cpu_has_native_bf16
+    from atrous.runtime.device import cpu_has_native_bf16
 
     result = {"command": "benchmarks/train_speed.py " + " ".join(sys.argv[1:]), "threads": args.threads,
               "torch": torch.__version__, "machine": platform.machine(), "cpu": camvid.cpu_name(),

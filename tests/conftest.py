@@ -13,7 +13,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def tiny_config(out: Path, **overrides):
-    from atrous.engine.train import TrainConfig
+    from atrous.training.trainer import TrainConfig
 
     values = dict(
         model="deeplab_v3plus",
@@ -36,7 +36,7 @@ def tiny_config(out: Path, **overrides):
 
 def small_config(out: Path, **overrides):
     """DeepLab v3+ ResNet-18 on 32x32 synthetic scenes, batch 4, SGD: two quick iterations."""
-    from atrous.engine.train import TrainConfig
+    from atrous.training.trainer import TrainConfig
 
     values = dict(model="deeplab_v3plus", backbone="resnet18", dataset="synthetic", synthetic_size=32,
                   synthetic_length=8, crop_size=32, batch_size=4, optimizer="sgd", lr=0.01, iters=2,
@@ -48,7 +48,7 @@ def small_config(out: Path, **overrides):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A deeplab_v3plus/resnet18 trained for a few iterations on 64x64 synthetic scenes."""
-    from atrous.engine.train import train
+    from atrous.training.trainer import train
 
     out = tmp_path_factory.mktemp("tiny")
     train(tiny_config(out))

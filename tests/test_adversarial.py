@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 import atrous
-from atrous.engine.adversarial import AdversarialTrainer
 from atrous.models.adversarial import (
     SegmentationDiscriminator,
     label_maps_from_targets,
     product_encoding,
 )
+from atrous.training.adversarial import AdversarialTrainer
 
 
 def test_product_encoding_masks_the_image_by_each_class() -> None:

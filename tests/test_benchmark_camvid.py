@@ -62,7 +62,7 @@ def test_smp_adapter_checkpoint_round_trip(tmp_path: Path) -> None:
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: str(p.relative_to(REPO / "configs")))
 def test_recipe_parses(path: Path) -> None:
     """Every recipe, read by the CLI's config reader, makes a valid TrainConfig."""
-    from atrous.engine.train import TrainConfig
+    from atrous.training.trainer import TrainConfig
 
     bench = import_benchmark("camvid")
     values = bench.read_recipe(path)
@@ -74,7 +74,7 @@ def test_recipe_parses(path: Path) -> None:
 
 
 def test_camvid_recipes_share_the_protocol() -> None:
-    from atrous.engine.train import TrainConfig
+    from atrous.training.trainer import TrainConfig
 
     bench = import_benchmark("camvid")
     reference = TrainConfig(**bench.read_recipe(REPO / "configs/camvid/deeplab_v3plus_resnet18.yaml"))
@@ -215,7 +215,7 @@ def test_remeasure_updates_size_and_latency_only(tiny_checkpoint, monkeypatch) -
 def test_crf_parameter_files_build_their_crf(path: Path) -> None:
     """configs/crf/*.yaml are `atrous eval --crf dense --crf-params` files."""
     import atrous
-    from atrous.engine.runs import build_crf
+    from atrous.inference.refinement import build_crf
 
     model = atrous.create_model("unet", 11, backbone="resnet18")
     crf = build_crf("dense", model, str(path))
@@ -286,7 +286,7 @@ def test_first_steps_reproduces_the_real_runs_losses(tmp_path) -> None:
 
     import yaml
 
-    from atrous.engine.train import TrainConfig, train
+    from atrous.training.trainer import TrainConfig, train
 
     first_steps = import_benchmark("first_steps")
     recipe = dict(model="unet", model_options={"base_channels": 4}, dataset="synthetic", synthetic_size=32,

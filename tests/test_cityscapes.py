@@ -110,7 +110,7 @@ def test_trains_with_class_weights_and_evaluates_through_the_cli(tmp_path, capsy
     from .conftest import tiny_config
 
     make_cityscapes(tmp_path / "data", FRAMES)
-    from atrous.engine.train import Trainer
+    from atrous.training.trainer import Trainer
 
     cfg = tiny_config(tmp_path / "run", dataset="cityscapes", data_root=str(tmp_path / "data"), crop_size=32,
                       iters=2, class_weights="median_frequency")

@@ -10,9 +10,10 @@ import torch
 
 import atrous
 from atrous.cli import main
+from atrous.commands import eval as eval_command
 from atrous.crf import ConvCRF, DenseCRF
-from atrous.engine import runs
-from atrous.engine.train import TrainConfig, train
+from atrous.inference.refinement import build_crf
+from atrous.training.trainer import TrainConfig, train
 
 SYNTHETIC = ["--dataset", "synthetic", "--synthetic-size", "64", "--no-progress"]
 FIT = ["fit-crf", *SYNTHETIC, "--iters", "3", "--max-images", "4", "--batch-size", "2", "--lr", "0.2"]
@@ -36,13 +37,13 @@ def _digest(path: str) -> str:
 def _crf_used_by_eval(monkeypatch, checkpoint: str, kind: str) -> torch.nn.Module:
     """Run `atrous eval --crf kind` on 2 images and return the CRF it refined with."""
     used = {}
-    real_evaluate = runs.evaluate
+    real_evaluate = eval_command.evaluate
 
     def evaluate(model, dataset, **kwargs):
         used["crf"] = kwargs["crf"]
         return real_evaluate(model, torch.utils.data.Subset(dataset, range(2)), **kwargs)
 
-    monkeypatch.setattr(runs, "evaluate", evaluate)
+    monkeypatch.setattr(eval_command, "evaluate", evaluate)
     assert main(["eval", "--checkpoint", checkpoint, *SYNTHETIC, "--crf", kind]) == 0
     return used["crf"]
 
@@ -81,14 +82,14 @@ def test_fit_dense_matrix_in_place_keeps_other_fits(checkpoint, tmp_path, capsys
     saved = atrous.load_checkpoint(path).meta["crf"]
     assert set(saved) == {"conv", "dense"}  # the earlier conv fit is kept
     model = atrous.load_checkpoint(path)
-    crf = runs.build_crf("dense", model)
+    crf = build_crf("dense", model)
     assert isinstance(crf, DenseCRF) and crf.compatibility == "matrix" and crf.num_iterations == 2
     assert crf.compat.tolist() == saved["dense"]["state"]["compat"]
     assert not torch.equal(crf.compat, 1 - torch.eye(crf.num_classes))
     # --crf-params still overrides the fitted values
     override = tmp_path / "override.json"
     override.write_text(json.dumps({"bi_w": 7.5}))
-    assert runs.build_crf("dense", model, str(override)).bi_w.item() == 7.5
+    assert build_crf("dense", model, str(override)).bi_w.item() == 7.5
 
 
 def _run_error(args, capsys) -> str:

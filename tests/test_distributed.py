@@ -22,9 +22,9 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from atrous.engine.distributed import World
-from atrous.engine.errors import UserError
-from atrous.engine.global_batch import (
+from atrous.errors import UserError
+from atrous.runtime.distributed import World
+from atrous.training.global_batch import (
     GlobalBatchSampler,
     ShardedDropout,
     micro_batch_size,
@@ -50,7 +50,7 @@ ADVERSARIAL = dict(model="unet", backbone=None, model_options={"base_channels": 
 # --- what the two ranks run ------------------------------------------------------------------
 def _rank_main(rank: int, world: int, port: int, jobs_file: str) -> None:
     """One rank: join the group, run every job (train runs, evaluation, checks), leave."""
-    from atrous.engine.distributed import process_group
+    from atrous.runtime.distributed import process_group
 
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
@@ -62,7 +62,7 @@ def _rank_main(rank: int, world: int, port: int, jobs_file: str) -> None:
 
 
 def _train_job(rank: int, **config) -> None:
-    from atrous.engine.train import train
+    from atrous.training.trainer import train
 
     train(small_config(**config))
 
@@ -70,7 +70,7 @@ def _train_job(rank: int, **config) -> None:
 def _eval_job(rank: int, checkpoint: str, out: str) -> None:
     import atrous
     from atrous.data import SyntheticScenes
-    from atrous.engine.evaluate import evaluate
+    from atrous.inference.evaluate import evaluate
 
     model = atrous.load_checkpoint(checkpoint)
     metrics = evaluate(model, SyntheticScenes("val", length=7, size=32), batch_size=2, trimap_widths=[1],
@@ -90,7 +90,7 @@ def loss_batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 def loss_shares(logits: torch.Tensor, target: torch.Tensor, reduce, world: int) -> dict[str, tuple[float, torch.Tensor]]:
     """{case: (this part's share of the loss, its gradient w.r.t. these logits)}."""
-    from atrous.engine.losses import BatchTotals, build_loss, labelled_weight
+    from atrous.losses import BatchTotals, build_loss, labelled_weight
 
     results = {}
     for case, options in LOSS_CASES.items():
@@ -106,7 +106,7 @@ def loss_shares(logits: torch.Tensor, target: torch.Tensor, reduce, world: int) 
 
 
 def _losses_job(rank: int, out: str) -> None:
-    from atrous.engine.distributed import all_reduce_sum
+    from atrous.runtime.distributed import all_reduce_sum
 
     logits, target = loss_batch()
     rows = slice(2 * rank, 2 * rank + 2)
@@ -119,8 +119,8 @@ def batchnorm_case() -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _batchnorm_job(rank: int, out: str) -> None:
-    from atrous.engine.distributed import all_reduce_gradients
-    from atrous.engine.global_batch import convert_sync_batchnorm
+    from atrous.runtime.distributed import all_reduce_gradients
+    from atrous.training.global_batch import convert_sync_batchnorm
 
     layer = convert_sync_batchnorm(torch.nn.Sequential(torch.nn.BatchNorm2d(3)), torch.device("cpu")).train()
     x, upstream = batchnorm_case()
@@ -162,7 +162,7 @@ def run_two_ranks(jobs: list[dict], folder: Path) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     """1-process and 2-process runs of the same configurations, side by side."""
-    from atrous.engine.train import train
+    from atrous.training.trainer import train
 
     root = tmp_path_factory.mktemp("ddp")
     threads = torch.get_num_threads()
@@ -255,7 +255,7 @@ def test_adversarial_training_and_ohem_over_two_processes(runs):
 def test_distributed_evaluation_equals_one_process_exactly(runs):
     import atrous
     from atrous.data import SyntheticScenes
-    from atrous.engine.evaluate import evaluate
+    from atrous.inference.evaluate import evaluate
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -334,7 +334,7 @@ def test_sharded_dropout_draws_torchs_masks(feature, layout):
 def test_gradient_accumulation_equals_the_whole_batch(tmp_path):
     """Without batch norm (the original U-Net), K micro-batches train as one batch does, its
     channel dropout included."""
-    from atrous.engine.train import train
+    from atrous.training.trainer import train
 
     options = dict(model="unet", backbone=None, model_options={"base_channels": 4}, iters=2)
     train(small_config(tmp_path / "k1", **options))

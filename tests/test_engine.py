@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 import atrous
-from atrous.engine import UserError
-from atrous.engine.train import Trainer, poly_lr, train
+from atrous.errors import UserError
+from atrous.training.trainer import Trainer, poly_lr, train
 from tests.conftest import tiny_config
 
 
@@ -162,7 +162,7 @@ def test_a_failed_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch):
             handle.write(b"half a file")
         raise KeyboardInterrupt  # killed mid-write
 
-    monkeypatch.setattr("atrous.engine.checkpoint.save_file", broken_save)
+    monkeypatch.setattr("atrous.checkpoints.checkpoint.save_file", broken_save)
     with pytest.raises(KeyboardInterrupt):
         atrous.save_checkpoint(model, str(path))
     assert path.read_bytes() == before
@@ -171,7 +171,8 @@ def test_a_failed_checkpoint_write_leaves_the_old_file(tmp_path, monkeypatch):
 
 def test_evaluate_and_predict(tmp_path, tiny_checkpoint):
     from atrous.data import SyntheticScenes
-    from atrous.engine import evaluate, format_table, predict
+    from atrous.inference.evaluate import evaluate, format_table
+    from atrous.inference.predict import predict
 
     model = atrous.load_checkpoint(str(tiny_checkpoint))
     metrics = evaluate(model, SyntheticScenes("val", length=4, size=64), trimap_widths=[2], progress=False)

@@ -12,8 +12,9 @@ import pytest
 import torch
 
 import atrous
-from atrous.engine.errors import UserError
-from atrous.engine.export import export_onnx, read_export_metadata, run_export
+from atrous.checkpoints.exported import read_export_metadata
+from atrous.deployment.export import export_onnx, run_export
+from atrous.errors import UserError
 from tests.test_cli import assert_one_line_error, run
 
 MODELS = {
@@ -136,7 +137,7 @@ def test_cli_export_writes_onnx(capsys, unet_checkpoint, tmp_path):
         (["--checkpoint", "{ckpt}", "--out", "{tmp}/m.onnx", "--height", "0"], ["--height"]),
         (["--checkpoint", "{ckpt}", "--out", "{tmp}/m.onnx", "--format", "tflite"], ["--format", "tflite"]),
         (["--checkpoint", "{ckpt}", "--out", "{tmp}/m.onnx", "--static", "--dynamic"], ["--dynamic"]),
-        (["--checkpoint", "{ckpt}", "--out", "{tmp}/afile/m.onnx"], ["cannot write", "afile"]),
+        (["--checkpoint", "{ckpt}", "--out", "{tmp}/afile/m.onnx"], ["cannot be written", "afile is a file, not a folder"]),
         (["--checkpoint", "{ckpt}", "--out", "{tmp}/m.onnx", "--opset", "99"], ["--opset", "99"]),
     ],
     ids=["missing-checkpoint", "unknown-suffix", "opset-torchscript", "out-folder", "bad-height",

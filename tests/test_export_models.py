@@ -1,6 +1,6 @@
 """Every registered model exports to ONNX with free batch, height and width, and
 onnxruntime gives the PyTorch model's logits at two odd sizes. Both formats come from one
-trace (`atrous.engine.export`), so TorchScript is run here for two of the models whose trace
+trace (`atrous.deployment.export`), so TorchScript is run here for two of the models whose trace
 needed rewrites (unpooling; the multi-scale size arithmetic). The rewrites (with PSPNet's
 adaptive pooling as region means) give the results of the operations they replace."""
 
@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import atrous
-from atrous.engine.export import export_onnx, export_torchscript
+from atrous.deployment.export import export_onnx, export_torchscript
 from atrous.layers.pyramid_pooling import AdaptiveAvgPool2d
 from atrous.models.multiscale import scaled_length
 from atrous.models.segnet import pool_with_indices, unpool

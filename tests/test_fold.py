@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import atrous
-from atrous.engine.fold import find_conv_bn_pairs, fold_batch_norm
+from atrous.inference.fold import find_conv_bn_pairs, fold_batch_norm
 from tests.test_models import SMALL
 from tests.test_torchvision_compat import randomise_batch_norm
 

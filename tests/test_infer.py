@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 import atrous
-from atrous.engine.errors import UserError
-from atrous.engine.infer import resolve_precision, tile_starts
+from atrous.errors import UserError
+from atrous.inference.infer import tile_starts
+from atrous.runtime.device import resolve_precision
 
 K = 4  # classes of the test models
 
@@ -195,7 +196,7 @@ def test_scales_flips_and_windows_combined():
 
 
 def test_precision_auto_follows_the_cpu_and_fp32_stays_exact(monkeypatch):
-    from atrous.engine.infer import prepare
+    from atrous.inference.infer import prepare
     from tests.test_torchvision_compat import randomise_batch_norm
 
     torch.manual_seed(3)
@@ -208,13 +209,13 @@ def test_precision_auto_follows_the_cpu_and_fp32_stays_exact(monkeypatch):
         reference = net(x)
     cpu = torch.device("cpu")
     assert torch.equal(atrous.infer(net, x, precision="fp32"), reference)
-    monkeypatch.setattr("atrous.engine.infer.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("atrous.runtime.device.cpu_has_native_bf16", lambda: False)
     assert resolve_precision("auto", cpu) == "fp32"
     fast = prepare(net)
     assert fast.precision == "fp32" and not fast.channels_last
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.network.modules()), "batch norm folded"
     assert (atrous.infer(fast, x) - reference).abs().max() < 1e-5
-    monkeypatch.setattr("atrous.engine.infer.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("atrous.runtime.device.cpu_has_native_bf16", lambda: True)
     assert resolve_precision("auto", cpu) == "bf16"
     assert resolve_precision("fp32", cpu) == "fp32"
     before = {k: v.clone() for k, v in net.state_dict().items()}
@@ -252,8 +253,9 @@ def test_eval_and_predict_go_through_infer(tmp_path, monkeypatch, tiny_checkpoin
     from PIL import Image
 
     from atrous.data import SyntheticScenes
-    from atrous.engine import evaluate, predict
-    from atrous.engine.infer import InferenceModel, make_views
+    from atrous.inference.evaluate import evaluate
+    from atrous.inference.infer import InferenceModel, make_views
+    from atrous.inference.predict import predict
 
     calls: list[tuple[int, ...]] = []
     real_call = InferenceModel.__call__

@@ -77,7 +77,7 @@ def test_errors(tmp_path: Path) -> None:
 
 def test_trains_through_the_engine(tmp_path: Path) -> None:
     """A few iterations of the original U-Net through Trainer and evaluate on the synthetic copy."""
-    from atrous.engine.train import train
+    from atrous.training.trainer import train
 
     from .conftest import tiny_config
 

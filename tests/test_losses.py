@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atrous.engine.losses import BatchTotals, build_loss, kth_smallest, labelled_weight, total_loss
+from atrous.losses import BatchTotals, build_loss, kth_smallest, labelled_weight, total_loss
 
 LN2 = math.log(2)
 VOID = 255

@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 import atrous
-from atrous.engine.errors import UserError
-from atrous.engine.predict import predict
+from atrous.errors import UserError
+from atrous.inference.predict import predict
 from tests.test_cli import assert_one_line_error, run
 
 av = pytest.importorskip("av")

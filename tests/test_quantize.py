@@ -13,11 +13,12 @@ import pytest
 import torch
 
 import atrous
+from atrous.checkpoints.exported import read_export_metadata
+from atrous.checkpoints.meta import normalisation
+from atrous.checkpoints.onnx_model import OnnxModel
 from atrous.data import build_dataset, eval_transform
-from atrous.engine.common import normalisation
-from atrous.engine.errors import UserError
-from atrous.engine.export import export_onnx, read_export_metadata
-from atrous.engine.onnx_model import OnnxModel
+from atrous.deployment.export import export_onnx
+from atrous.errors import UserError
 from tests.test_cli import assert_one_line_error, run
 
 pytest.importorskip("onnx", reason="onnx is not installed (pip install 'atrous[export]')")
@@ -161,7 +162,7 @@ def test_damaged_onnx_file_is_a_one_line_error(capsys, tmp_path):
 
 
 def test_calibration_images_spread_over_the_split():
-    from atrous.engine.quantize import calibration_images
+    from atrous.deployment.int8 import calibration_images
 
     dataset = build_dataset("synthetic", "train", synthetic_size=32, synthetic_length=10)
     images = calibration_images(dataset, 4, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])

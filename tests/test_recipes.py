@@ -51,12 +51,12 @@ PAPER = {
 def read_recipe(path: Path) -> tuple[dict, dict]:
     """(TrainConfig values, values of ddp options not yet in TrainConfig), read by the CLI's
     own config reader (unknown keys are errors there)."""
-    from atrous.cli import _read_config
-    from atrous.engine.train import TrainConfig
+    from atrous.options import read_config
+    from atrous.training import TrainConfig
 
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     pending = set(DDP_OPTIONS) - fields
-    values = _read_config(str(path), fields | pending)
+    values = read_config(str(path), fields | pending)
     return {k: v for k, v in values.items() if k in fields}, {k: v for k, v in values.items() if k in pending}
 
 
@@ -66,7 +66,7 @@ def name_of(path: Path) -> str:
 
 @pytest.mark.parametrize("path", RECIPES, ids=name_of)
 def test_every_recipe_is_a_train_config(path: Path) -> None:
-    from atrous.engine.train import TrainConfig
+    from atrous.training import TrainConfig
 
     values, pending = read_recipe(path)
     TrainConfig(**values).validate()
@@ -81,7 +81,7 @@ def test_the_paper_recipes_are_all_there() -> None:
 @pytest.mark.parametrize("name", sorted(PAPER))
 def test_paper_recipe_hyper_parameters(name: str) -> None:
     from atrous.data import DATASETS
-    from atrous.engine.train import TrainConfig
+    from atrous.training import TrainConfig
 
     path = CONFIGS / f"{name}.yaml"
     values, pending = read_recipe(path)

@@ -320,7 +320,7 @@ def test_serve_command_errors_before_listening(capsys, tmp_path, varied_checkpoi
     assert_one_line_error(err, "--crf-params", "sxy")
     code, _, err = run(capsys, "serve", "--checkpoint", str(varied_checkpoint), "--max-upload-mb", "0")
     assert code == 2
-    assert_one_line_error(err, "--max-upload-mb must be positive")
+    assert_one_line_error(err, "--max-upload-mb must be greater than 0, got 0")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

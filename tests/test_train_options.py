@@ -34,8 +34,8 @@ def test_each_loss_trains_from_the_command_line(loss, tmp_path, capsys):
         (["--batch-size", "4", "--grad-accum", "3"], ["--batch-size 4 does not split", "multiple of 3"]),
         (["--grad-accum", "0"], ["--grad-accum must be at least 1"]),
         (["--loss", "dice", "--class-weights", "median_frequency"], ["--class-weights applies to", "not to --loss dice"]),
-        (["--ohem-thresh", "1.5"], ["--ohem-thresh must be in (0, 1]"]),
-        (["--dist-timeout", "0"], ["--dist-timeout must be positive"]),
+        (["--ohem-thresh", "1.5"], ["--ohem-thresh must be at most 1, got 1.5"]),
+        (["--dist-timeout", "0"], ["--dist-timeout must be greater than 0, got 0"]),
     ],
 )
 def test_option_errors_are_one_line(argv, fragments, tmp_path, capsys):
@@ -47,7 +47,7 @@ def test_option_errors_are_one_line(argv, fragments, tmp_path, capsys):
 
 def test_fp16_with_a_gradient_scaler_resumes_exactly(tmp_path):
     """fp16 autocast and torch.amp.GradScaler (on the CPU here); the scaler's state is saved."""
-    from atrous.engine.train import train
+    from atrous.training.trainer import train
 
     options = dict(model="unet", backbone=None, model_options={"base_channels": 4}, precision="fp16", iters=3)
     train(small_config(tmp_path / "straight", **options))
@@ -83,12 +83,12 @@ def test_precision_auto_trains_in_bf16_only_where_it_is_native(native, expected,
     """--precision auto: bf16 autocast where the CPU computes bf16 natively, fp32 where bf16
     would be emulated (many times slower); the summary says which ran, and fp32 gives the
     weights an explicit --precision fp32 run gives."""
-    from atrous.engine.train import train
+    from atrous.training.trainer import train
 
-    monkeypatch.setattr("atrous.engine.infer.cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr("atrous.runtime.device.cpu_has_native_bf16", lambda: native)
     seen = []
     real = torch.autocast
-    monkeypatch.setattr("atrous.engine.common.torch.autocast", lambda *a, **k: seen.append(k["dtype"]) or real(*a, **k))
+    monkeypatch.setattr("atrous.runtime.device.torch.autocast", lambda *a, **k: seen.append(k["dtype"]) or real(*a, **k))
     options = dict(model="unet", backbone=None, model_options={"base_channels": 4}, iters=2)
     result = train(small_config(tmp_path / "auto", precision="auto", **options))
     assert result["train"]["precision"] == expected

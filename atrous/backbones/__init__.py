@@ -1,6 +1,7 @@
 """Feature extractors with a known output stride: timm encoders and a dilatable VGG16."""
 
-from atrous.backbones.base import Backbone, create_backbone
+from atrous.backbones.base import Backbone
+from atrous.backbones.factory import create_backbone
 from atrous.backbones.timm_backbone import TimmBackbone
 from atrous.backbones.vgg import VGG16
 

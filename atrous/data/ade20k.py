@@ -24,6 +24,7 @@ import numpy as np
 from atrous.data.io import DataError, read_mask
 from atrous.data.meta import DatasetInfo
 from atrous.data.pairs import PairedFiles, lookup_table, require_folder
+from atrous.data.registry import register_dataset
 
 # objectInfo150.txt, column Name, in class order 1..150
 ADE20K_OBJECT_INFO = (
@@ -121,6 +122,7 @@ def find_ade20k(root: str) -> str:
                     "and annotations/ (or --data-root at ADEChallengeData2016)")
 
 
+@register_dataset("ade20k", root="ade20k")  # holding ADEChallengeData2016/
 class ADE20K(PairedFiles):
     info = ADE20K_INFO
 

@@ -23,6 +23,7 @@ import torch
 from atrous.data import weights
 from atrous.data.io import DataError, check_pair, read_image, read_mask
 from atrous.data.meta import IGNORE_INDEX, DatasetInfo
+from atrous.data.registry import register_dataset
 
 CAMVID_INFO = DatasetInfo(
     name="camvid",
@@ -49,6 +50,7 @@ def sequence_of(path: str) -> str:
     return os.path.basename(path).split("_", 1)[0]
 
 
+@register_dataset("camvid", root="camvid")
 class CamVid(torch.utils.data.Dataset):
     info = CAMVID_INFO
 

@@ -20,6 +20,7 @@ import numpy as np
 from atrous.data.io import DataError, read_mask
 from atrous.data.meta import IGNORE_INDEX, DatasetInfo
 from atrous.data.pairs import PairedFiles, lookup_table, require_folder
+from atrous.data.registry import register_dataset
 
 
 class CityscapesLabel(NamedTuple):
@@ -83,6 +84,7 @@ IMAGE_SUFFIX = "_leftImg8bit.png"
 LABEL_SUFFIX = "_gtFine_labelIds.png"
 
 
+@register_dataset("cityscapes", root="cityscapes")  # holding leftImg8bit/ and gtFine/
 class Cityscapes(PairedFiles):
     info = CITYSCAPES_INFO
 

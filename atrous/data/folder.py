@@ -16,10 +16,12 @@ import torch
 
 from atrous.data.io import DataError, check_pair, read_image, read_mask
 from atrous.data.meta import IGNORE_INDEX, DatasetInfo, default_palette
+from atrous.data.registry import register_dataset
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
+@register_dataset("folder", needs="with images/ and masks/")
 class FolderDataset(torch.utils.data.Dataset):
     def __init__(self, root: str, split: str | None = None, *, num_classes: int | None = None) -> None:
         if not os.path.isdir(root):

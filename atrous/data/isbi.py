@@ -18,6 +18,7 @@ import torch
 
 from atrous.data.io import DataError, check_pair, read_image, read_mask
 from atrous.data.meta import IGNORE_INDEX, DatasetInfo
+from atrous.data.registry import register_dataset
 
 ISBI_INFO = DatasetInfo(
     name="isbi2012",
@@ -28,6 +29,7 @@ ISBI_SPLITS = {"train": range(0, 25), "val": range(25, 30), "all": range(0, 30)}
 SOURCE_CELL = 255  # label PNG value of cell interior; membrane is 0
 
 
+@register_dataset("isbi2012", root="isbi2012")
 class ISBI2012(torch.utils.data.Dataset):
     info = ISBI_INFO
 

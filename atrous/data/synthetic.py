@@ -20,6 +20,7 @@ from PIL import Image, ImageDraw
 
 from atrous.data.io import DataError
 from atrous.data.meta import DatasetInfo
+from atrous.data.registry import NO_ROOT, register_dataset
 
 SYNTHETIC_INFO = DatasetInfo(
     name="synthetic",
@@ -186,3 +187,9 @@ def _pole(rng: np.random.Generator, draw_img: ImageDraw.ImageDraw, draw_mask: Im
     bar = [(x, top + 2 * s), (x + arm * rng.choice([-1, 1]), top + 2 * s)]
     draw_img.line(bar, fill=colour, width=max(1, width - 1))
     draw_mask.line(bar, fill=POLE, width=max(1, width - 1))
+
+
+@register_dataset("synthetic", root=NO_ROOT)
+def build_synthetic(split: str, *, synthetic_size: int = 128, synthetic_length: int | None = None) -> SyntheticScenes:
+    """The synthetic scenes (`--synthetic-size`, `--synthetic-length`); no files needed."""
+    return SyntheticScenes(split, size=synthetic_size, length=synthetic_length)

@@ -28,6 +28,7 @@ import numpy as np
 from atrous.data.io import DataError, read_mask
 from atrous.data.meta import DatasetInfo, default_palette
 from atrous.data.pairs import PairedFiles, read_id_list, require_files, require_folder
+from atrous.data.registry import register_dataset
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -106,6 +107,7 @@ def _voc_split(voc2012: str, split: str) -> list[str]:
     return read_id_list(os.path.join(voc2012, "ImageSets", "Segmentation", f"{split}.txt"), "PASCAL VOC")
 
 
+@register_dataset("voc", root="voc")  # holding VOCdevkit/
 class VOCSegmentation(PairedFiles):
     info = VOC_INFO
 
@@ -122,6 +124,7 @@ class VOCSegmentation(PairedFiles):
         return read_mask(path)
 
 
+@register_dataset("voc_aug", root="voc")  # holding VOCdevkit/ and benchmark_RELEASE/
 class VOCAug(PairedFiles):
     """VOC 2012 with SBD's extra labels: `train_aug` (10,582 images) and VOC `val`."""
 

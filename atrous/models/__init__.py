@@ -3,28 +3,27 @@
 Importing this package imports every family so that its models register themselves.
 """
 
-from atrous.models import (  # noqa: F401  (registers the models)
-    attention,
-    deeplab,
-    fcn,
-    lraspp,
-    pspnet,
-    refinenet,
-    segnet,
-    unet,
-)
+import importlib
+import pkgutil
+
 from atrous.models.base import SegmentationModel
 from atrous.models.registry import (
     create_model,
+    describe_model,
     list_models,
     model_options,
     model_summaries,
     register_model,
 )
 
+# a new family is a new file whose models carry @register_model: nothing to list here
+for _module in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_module.name}")
+
 __all__ = [
     "SegmentationModel",
     "create_model",
+    "describe_model",
     "list_models",
     "model_options",
     "model_summaries",

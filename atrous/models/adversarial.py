@@ -9,7 +9,7 @@ Pascal VOC discriminator ("LargeFOV-light"-like, Sec. 4.2): 3x3 convolutions of 
 96-128-128, max pool, 256-256, max pool, 512, then a 3x3 conv to one channel averaged over
 the image into a single "real" logit per sample. Layer widths are the `widths` option.
 
-Not registered as a segmentation model: it is used by atrous.engine.adversarial.
+Not registered as a segmentation model: it is used by atrous.training.adversarial.
 """
 
 from __future__ import annotations

@@ -41,8 +41,25 @@ class ScaleAttention(nn.Sequential):
 
 @register_model("attention_to_scale", "Attention to Scale (Chen et al. CVPR 2016): shared-weight multi-scale + per-pixel scale attention")
 class AttentionToScale(SegmentationModel):
-    """Options: `base` ("deeplab_v1"), `scales` ((1.0, 0.5)), `base_options` (passed to the
-    base model), `attention_channels` (512)."""
+    """Attention to scale (Chen et al., CVPR 2016): a shared-weight base model at every scale,
+    its per-scale logits summed with per-pixel softmax weights over scales (Eq. 2).
+
+    Args:
+        backbone (str | None, default None): passed to the base model (None: its default,
+            VGG16 for deeplab_v1 as in the paper).
+        output_stride (int | None, default None): passed to the base model (None: its
+            default, 8 for deeplab_v1 and deeplab_v2).
+        base (str, default "deeplab_v1"): the registered base model, which must provide
+            `features_and_logits`; DeepLab-LargeFOV is the paper's, "deeplab_v2"
+            (ResNet-101) atrous' option.
+        scales (Sequence[float], default (1.0, 0.5)): the input scales; the paper reports
+            {1, 0.5}, {1, 0.75} and {1, 0.75, 0.5} (Sec. 4.1); the first sets the output
+            size, and each scale's logits are supervised too in training (Sec. 3.4).
+        base_options (Mapping[str, Any] | None, default None): the base model's options
+            (e.g. {"rates": (2, 4, 8, 12)} for deeplab_v2); atrous' option, not in the paper.
+        attention_channels (int, default 512): width of the attention model's 3x3 conv, the
+            paper's 512 (Sec. 4).
+    """
 
     def __init__(
         self,

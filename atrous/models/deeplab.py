@@ -26,14 +26,9 @@
   depthwise-separable convolutions in ASPP and decoder; `backbone="xception65"` is timm's
   aligned Xception-65 (Sec. 3.2).
 
-Deviations from the v3/v3+ papers, as options: `multi_grid=None` turns multi-grid off;
-`aspp_dropout` is the 0.1 dropout of the reference code (0 removes it). For torchvision's
-DeepLabV3 (see atrous.from_torchvision): `head_conv=True` adds its 3x3 256-channel
-conv-BN-ReLU between ASPP and classifier, `aux_head=True` its auxiliary FCN head on the
-features before the deepest (loss weight 0.5), `rates` other ASPP rates (torchvision's
-MobileNetV3 model keeps 12/24/36 at output stride 16), `pad_input=False` runs on the image
-as it is instead of zero-padding it to a multiple of the output stride (torchvision does not
-pad), `backbone_options` are passed to the backbone (atrous.backbones.TimmBackbone).
+Deviations from the v3/v3+ papers (multi-grid off, the reference code's ASPP dropout) and
+the layout of torchvision's DeepLabV3 (see atrous.from_torchvision) are options, listed in
+the `Args:` of DeepLabV3 and DeepLabV3Plus.
 """
 
 from __future__ import annotations
@@ -77,8 +72,18 @@ def _multi_grid_for(backbone: str, multi_grid: Sequence[int] | None) -> Sequence
 class DeepLabV1(SegmentationModel):
     """DeepLab-LargeFOV (ICLR 2015, Sec. 3.1, 4.1): dilated VGG16 -> fc6/fc7 -> fc8 at stride 8.
 
-    Options: `fc6_dilation` (12; DeepLab-v1's other variants use 4 or 8), `fc_channels`
-    (1024; 4096 is the "DeepLab" variant with a 4x4 fc6), `dropout` (0.5).
+    Args:
+        backbone (str, default "vgg16"): "vgg16", the paper's ImageNet VGG16, or "vgg16_bn"
+            (VGG16 with batch norm; atrous' option, not in the paper). No other backbone.
+        output_stride (int, default 8): stride of the fc8 logits; 8 is the paper's (pool4 and
+            pool5 at stride 1, conv5 at dilation 2, Sec. 3.1); 16 or 32 is atrous' option.
+        fc6_dilation (int, default 12): dilation ("input stride") of the 3x3 fc6; 12 is
+            LargeFOV, DeepLab-v1's other variants use 4 or 8 (Chen et al. 2015, Table 2).
+        fc_channels (int, default 1024): width of fc6 and fc7; 1024 is LargeFOV's, 4096 the
+            "DeepLab" variant's, which also has a 4x4 fc6 (Chen et al. 2015, Table 2); fc6
+            stays 3x3 here whatever the width.
+        dropout (float, default 0.5): dropout after fc6 and after fc7, as in VGG16's classifier
+            that fc6 / fc7 come from.
     """
 
     def __init__(
@@ -123,9 +128,17 @@ class DeepLabV1(SegmentationModel):
 class DeepLabV2(SegmentationModel):
     """DeepLab v2 (TPAMI 2017, Sec. 3.3, 4.1): dilated ResNet -> ASPP-L, logits at stride 8.
 
-    Options: `rates` (6, 12, 18, 24) = ASPP-L, (2, 4, 8, 12) = ASPP-S; `input_scales`
-    (None = a single scale; the paper's MSC is (1, 0.75, 0.5), max-fused, the first scale
-    setting the output size).
+    Args:
+        backbone (str, default "resnet101"): a timm name; ResNet-101 is the paper's (Sec. 4.1),
+            timm's with the stride in the 3x3 conv (a deviation, see the module docstring).
+        output_stride (int, default 8): stride of the backbone features and logits; 8 is the
+            paper's (Sec. 4.1); 16 or 32 is atrous' option.
+        rates (Sequence[int], default (6, 12, 18, 24)): one 3x3 classifier per rate, their
+            score maps summed: (6, 12, 18, 24) is ASPP-L, (2, 4, 8, 12) ASPP-S (Sec. 4.1).
+        input_scales (Sequence[float] | None, default None): None runs at a single scale;
+            the paper's multi-scale input "MSC" is (1, 0.75, 0.5) (Sec. 4.1): shared weights,
+            scores max-fused, each scale's scores also supervised in training (aux keys
+            "scale_<s>", weight 1); the first scale sets the output size.
     """
 
     def __init__(
@@ -201,7 +214,40 @@ def deeplab_encoder(
 
 @register_model("deeplab_v3", "DeepLab v3 (Chen et al. 2017): ResNet, ASPP with image pooling, multi-grid, OS 16/8")
 class DeepLabV3(SegmentationModel):
-    """DeepLab v3: backbone -> ASPP -> 1x1 classifier (logits at the output stride)."""
+    """DeepLab v3: backbone -> ASPP -> 1x1 classifier (logits at the output stride).
+
+    Chen et al. 2017 ("Rethinking Atrous Convolution"); `head_conv`, `aux_head`, `rates`,
+    `pad_input` and `backbone_options` reproduce torchvision's DeepLabV3 (see
+    atrous.from_torchvision) and are not in the paper.
+
+    Args:
+        backbone (str, default "resnet101"): a timm name; the paper uses ResNet-50 and
+            ResNet-101. Multi-grid applies to ResNet-style backbones only.
+        output_stride (int, default 16): stride of the backbone features: 16, or 8 with the
+            ASPP rates doubled (Chen et al. 2017, Sec. 3.3); 32 (rates 3, 6, 9) is atrous'
+            option, not in the paper.
+        multi_grid (Sequence[int] | None, default (1, 2, 4)): unit rates of the last stage's
+            blocks, multiplied by its dilation (Chen et al. 2017, Sec. 3.2); ignored for
+            backbones that are not ResNet-style; None turns multi-grid off (a deviation).
+        aspp_channels (int, default 256): width of every ASPP branch and of its 1x1 projection
+            (Chen et al. 2017, Sec. 3.3).
+        aspp_dropout (float, default 0.1): dropout after ASPP's projection, from the reference
+            code, not in the paper; 0 removes it.
+        separable (bool, default False): atrous depthwise-separable 3x3 convolutions in ASPP,
+            from DeepLab v3+ (Chen et al. 2018, Sec. 3.1); not in the v3 paper.
+        head_conv (bool, default False): torchvision's 3x3 conv-BN-ReLU (aspp_channels wide)
+            between ASPP and the classifier; not in the paper.
+        aux_head (bool, default False): torchvision's auxiliary FCN head on the features
+            before the deepest (ResNet layer3), loss weight 0.5 in training; not in the paper.
+        rates (Sequence[int] | None, default None): ASPP's 3x3 rates; None is the paper's for
+            the output stride (6, 12, 18 at 16, doubled at 8; Sec. 3.3); torchvision's
+            MobileNetV3 model keeps 12, 24, 36 at output stride 16.
+        pad_input (bool, default True): zero-pads the input to a multiple of the output stride
+            (logits cropped back), as every atrous model; False runs on the image as it is,
+            as torchvision does. atrous' option, not in the paper.
+        backbone_options (Mapping[str, Any] | None, default None): keyword arguments for the
+            backbone (atrous.backbones.TimmBackbone); atrous' option, not in the paper.
+    """
 
     def __init__(
         self,
@@ -270,7 +316,28 @@ class DeepLabV3PlusDecoder(nn.Module):
 @register_model("deeplab_v3plus", "DeepLab v3+ (Chen et al. ECCV 2018): v3 encoder + 48-ch low-level decoder")
 class DeepLabV3Plus(SegmentationModel):
     """DeepLab v3+: the v3 encoder (ASPP on the deepest features) and the decoder on the
-    stride-4 features; logits at stride 4."""
+    stride-4 features; logits at stride 4.
+
+    Args:
+        backbone (str, default "resnet101"): a timm name with stride-4 features;
+            "xception65" is timm's aligned Xception-65 (Chen et al. 2018, Sec. 3.2).
+        output_stride (int, default 16): stride of the encoder output, 16 or 8, with the
+            ASPP rates of DeepLab v3 (6, 12, 18 at 16, doubled at 8; Chen et al. 2017,
+            Sec. 3.3); 32 (rates 3, 6, 9) is atrous' option, not in the paper.
+        multi_grid (Sequence[int] | None, default (1, 2, 4)): multi-grid unit rates of the
+            last stage, as in v3 (Chen et al. 2017, Sec. 3.2); ResNet-style backbones only;
+            None turns multi-grid off (a deviation).
+        aspp_channels (int, default 256): width of every ASPP branch and of its projection,
+            the encoder's output (Chen et al. 2017, Sec. 3.3).
+        aspp_dropout (float, default 0.1): dropout after ASPP's projection, from the reference
+            code, not in the paper; 0 removes it.
+        separable (bool, default False): atrous depthwise-separable 3x3 convolutions in ASPP
+            and decoder (Chen et al. 2018, Sec. 3.1).
+        low_level_channels (int, default 48): the 1x1 projection of the stride-4 features
+            (Chen et al. 2018, Sec. 4.1).
+        decoder_channels (int, default 256): width of the decoder's two 3x3 convolutions
+            (Chen et al. 2018, Sec. 4.1).
+    """
 
     def __init__(
         self,

@@ -98,8 +98,38 @@ def build_backbone(
 
 
 class FCN(SegmentationModel):
-    """The FCN family; subclasses choose the skips. `skips` lists the feature indices whose
-    score layers are fused, coarse to fine: () FCN-32s, (3,) FCN-16s, (3, 2) FCN-8s."""
+    """FCN-32s, FCN-16s and FCN-8s (Long et al., CVPR 2015); one subclass per variant.
+
+    - fcn32s (Sec. 4.1): scores from fc7 upsampled x32.
+    - fcn16s (Sec. 4.2): fc7 scores x2 + pool4 scores, then x16.
+    - fcn8s (Sec. 4.2): FCN-16s' fusion x2 + pool3 scores, then x8.
+
+    Subclasses choose the skips: `skips` lists the feature indices whose score layers are
+    fused, coarse to fine: () FCN-32s, (3,) FCN-16s, (3, 2) FCN-8s. All three take the same
+    options.
+
+    Args:
+        backbone (str, default "vgg16"): "vgg16" is the paper's (Sec. 4.1), "vgg16_bn" atrous'
+            option; a timm ResNet gives torchvision's FCN (dilated ResNet, FCN head, bilinear
+            upsampling, skips on layer3 / layer2), not the paper's.
+        output_stride (int, default 32 for VGG16, 8 for a ResNet): stride of the deepest
+            features; VGG16's 32 is the paper's, a ResNet's 8 torchvision's (32 gives the
+            paper's x2 fusions on a ResNet).
+        pretrained_backbone (str | None, default None): with VGG16, fc6 / fc7 are loaded from its
+            ImageNet classifier too, cast as convolutions (Sec. 3.1).
+        dropout (float | None, default None): dropout in the head; None is 0.5 after fc6 and
+            after fc7 on VGG16, kept from its classifier (Sec. 4.3), and 0.1 in the ResNet
+            head (torchvision's).
+        learn_final_upsampling (bool, default False): lets the final x32 / x16 / x8 transposed
+            convolution learn; the paper keeps it fixed bilinear and learns only the x2
+            upsamplings (Sec. 4.3). VGG16 only: the ResNet FCN upsamples bilinearly.
+        aux_head (bool, default False): torchvision's auxiliary FCN head on layer3, loss weight
+            0.5 in training; ResNet backbones only; not in the paper.
+        pad_input (bool, default True): zero-pads the input to a multiple of the output
+            stride (instead of the paper's 100-pixel padding and crops, see the module
+            docstring); False runs on the image as it is, as torchvision does, for the ResNet
+            FCN-32s only. atrous' option, not in the paper.
+    """
 
     skips: tuple[int, ...] = ()
 
@@ -187,20 +217,20 @@ class FCN(SegmentationModel):
 
 @register_model("fcn32s", "FCN-32s (Long et al. CVPR 2015): VGG16, fc6/fc7 as convs, x32 bilinear deconv")
 class FCN32s(FCN):
-    """FCN-32s (Long et al., CVPR 2015, Sec. 4.1): scores from fc7 upsampled x32."""
+    __doc__ = FCN.__doc__  # one docstring for the three variants (help() shows no inherited one)
 
     skips = ()
 
 
 @register_model("fcn16s", "FCN-16s (Long et al. CVPR 2015): FCN-32s + pool4 scores, x16 deconv")
 class FCN16s(FCN):
-    """FCN-16s (Long et al., CVPR 2015, Sec. 4.2): fc7 scores x2 + pool4 scores, then x16."""
+    __doc__ = FCN.__doc__
 
     skips = (3,)
 
 
 @register_model("fcn8s", "FCN-8s (Long et al. CVPR 2015): FCN-16s + pool3 scores, x8 deconv")
 class FCN8s(FCN):
-    """FCN-8s (Long et al., CVPR 2015, Sec. 4.2): FCN-16s' fusion x2 + pool3 scores, then x8."""
+    __doc__ = FCN.__doc__
 
     skips = (3, 2)

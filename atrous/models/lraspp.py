@@ -10,10 +10,7 @@ Deviation: the paper implements the pooling branch with "a large pooling kernel 
 stride" (49x49, stride (16, 20) at Cityscapes' 1024x2048, i.e. close to global); here it is
 the global average pool, as in torchvision, which takes any input size.
 
-Options: `inter_channels` (128); `pad_input` (True: zero-pad the input to a multiple of the
-output stride and crop back, as every atrous model; False: run on the image as it is, as
-torchvision does); `backbone_options`, passed to the backbone (atrous.from_torchvision uses
-them to reproduce torchvision's MobileNetV3 layout).
+The options are listed in the `Args:` of LRASPP.
 """
 
 from __future__ import annotations
@@ -33,7 +30,22 @@ DEFAULT_BACKBONE = "mobilenetv3_large_100"
 
 @register_model("lraspp", "LR-ASPP (Howard et al. ICCV 2019): MobileNetV3-Large OS 16, gated 1x1 head + stride-8 scores")
 class LRASPP(SegmentationModel):
-    """Backbone -> LR-ASPP head on the deepest and the stride-8 features; logits at stride 8."""
+    """Backbone -> LR-ASPP head on the deepest and the stride-8 features; logits at stride 8.
+
+    Args:
+        backbone (str, default "mobilenetv3_large_100"): a timm name with stride-8 features
+            before the last; MobileNetV3-Large is the paper's (Sec. 6.4).
+        output_stride (int, default 16): stride of the last features, the paper's 16 (atrous
+            convolution in the last block, Sec. 6.4); 8 or 32 is atrous' option.
+        inter_channels (int, default 128): width of the head's 1x1 conv-BN-ReLU and of its
+            gating branch, the paper's 128 (Fig. 10).
+        pad_input (bool, default True): zero-pads the input to a multiple of the output stride
+            and crops back, as every atrous model; False runs on the image as it is, as
+            torchvision does. atrous' option, not in the paper.
+        backbone_options (Mapping[str, Any] | None, default None): keyword arguments for the
+            backbone (atrous.backbones.TimmBackbone); atrous.from_torchvision uses them to
+            reproduce torchvision's MobileNetV3 layout. atrous' option, not in the paper.
+    """
 
     def __init__(
         self,

@@ -27,8 +27,21 @@ from atrous.models.registry import register_model
 
 @register_model("pspnet", "PSPNet (Zhao et al. CVPR 2017): dilated ResNet OS 8, pyramid pooling 1/2/3/6, aux 0.4")
 class PSPNet(SegmentationModel):
-    """Options: `bins` (1, 2, 3, 6), `aux_weight` (0.4; 0 drops the auxiliary head),
-    `dropout` (0.1)."""
+    """PSPNet (Zhao et al., CVPR 2017): dilated ResNet -> pyramid pooling -> FCN head.
+
+    Args:
+        backbone (str, default "resnet101"): a timm name; ResNet-101 is the paper's for VOC
+            and Cityscapes (ResNet-50 in its ablation); "resnet101d" has the paper's deep stem.
+        output_stride (int, default 8): stride of the features, the paper's 8 (dilated
+            network, Sec. 3.2); 16 or 32 is atrous' option.
+        bins (Sequence[int], default (1, 2, 3, 6)): pyramid levels, each pooled to bins x bins
+            and reduced to 1/len(bins) of the channels (Sec. 3.2, Fig. 3).
+        aux_weight (float, default 0.4): loss weight of the auxiliary FCN head on the stage-3
+            (layer3) features, the paper's deep supervision (Fig. 4) and its weight 0.4; 0
+            drops the auxiliary head.
+        dropout (float, default 0.1): dropout in the main and auxiliary heads, from the
+            reference code, not in the paper.
+    """
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ stride-32 path alone, each following RefineNet-m fuses the previous block's outp
 the stride-(2^(m+1)) path: residual conv units, multi-resolution fusion, chained residual
 pooling, output RCU (Sec. 3.2). The stride-4 output passes two more RCUs and a 1x1
 classifier (dropout 0.5 before it, as in the reference code); logits at stride 4 are upsampled
-bilinearly. Options: `crp_blocks` (2, as in Fig. 2d), `channels` (256), `dropout` (0.5).
+bilinearly. The options are listed in the `Args:` of RefineNet.
 
 Initialisation (the paper does not give it): the last convolution of every residual path
 (RCU, CRP) starts at zero, so each block starts as the identity; the rest keeps PyTorch's
@@ -28,6 +28,23 @@ from atrous.models.registry import register_model
 
 @register_model("refinenet", "RefineNet (Lin et al. CVPR 2017): 4-cascaded, RCU / fusion / chained residual pooling")
 class RefineNet(SegmentationModel):
+    """4-cascaded RefineNet (Lin et al., CVPR 2017, Sec. 3.1): ResNet stages at strides 4 to 32,
+    refined coarse to fine; logits at stride 4.
+
+    Args:
+        backbone (str, default "resnet101"): a timm name with features at strides 4, 8, 16
+            and 32; ResNet-101, as in the paper.
+        output_stride (int, default 32): fixed: the backbone runs at full stride, RefineNet
+            recovers the resolution; any other value is refused.
+        channels (int, default 256): width of the stride-4, -8 and -16 paths and of the
+            blocks that refine them; the stride-32 path is twice as wide (512), as in the
+            reference code.
+        crp_blocks (int, default 2): pooling blocks in each chained residual pooling, 2 as in
+            Fig. 2d (Sec. 3.2).
+        dropout (float, default 0.5): dropout before the 1x1 classifier, from the reference
+            code, not in the paper.
+    """
+
     def __init__(
         self,
         num_classes: int,

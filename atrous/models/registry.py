@@ -39,13 +39,26 @@ def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
 
 def list_models() -> list[str]:
     """Every registered model name, sorted."""
-    _import_families()
     return sorted(_BUILDERS)
 
 
 def model_summaries() -> dict[str, str]:
-    _import_families()
     return dict(sorted(_SUMMARIES.items()))
+
+
+def describe_model(name: str) -> str:
+    """What `atrous models NAME` prints: the summary, the model's docstring (the paper, its
+    deviations and an `Args:` block of its options) and each option with its default."""
+    builder = _get_builder(name)
+    lines = [f"{name}: {_SUMMARIES[name]}", ""]
+    doc = inspect.getdoc(builder)
+    if doc:
+        lines += [doc, ""]
+    lines.append("create_model(name, num_classes, *, in_channels=3, backbone=None, output_stride=None, "
+                 "pretrained_backbone=None, **options)")
+    options = {**model_options(name), "init": "he"}
+    lines.append("options (--model-opt KEY=VALUE): " + ", ".join(f"{k}={v!r}" for k, v in options.items()))
+    return "\n".join(lines)
 
 
 def model_options(name: str) -> dict[str, Any]:
@@ -60,7 +73,6 @@ def model_options(name: str) -> dict[str, Any]:
 
 
 def _get_builder(name: str) -> Builder:
-    _import_families()
     if name not in _BUILDERS:
         raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(sorted(_BUILDERS))}")
     return _BUILDERS[name]
@@ -116,6 +128,3 @@ def create_model(
     return model
 
 
-def _import_families() -> None:
-    """Import the model family modules so that their builders register themselves."""
-    import atrous.models  # noqa: F401

@@ -68,7 +68,17 @@ def segnet_decoder_stage(in_channels: int, out_channels: int, depth: int) -> nn.
 
 @register_model("segnet", "SegNet (Badrinarayanan et al. TPAMI 2017): VGG16-BN encoder, max-unpooling decoder")
 class SegNet(SegmentationModel):
-    """Encoder: VGG16-BN's `features` (torchvision layout); decoder: five mirrored stages."""
+    """SegNet (TPAMI 2017, Sec. 3, Fig. 2). Encoder: VGG16-BN's `features` (torchvision
+    layout); decoder: five mirrored stages. SegNet has no options of its own.
+
+    Args:
+        backbone (str, default "vgg16_bn"): the encoder, the 13 convolutions of VGG16 with
+            batch norm as in the paper (Sec. 3); "vgg16" (no batch norm) is atrous' option.
+        output_stride (int, default 32): fixed: five 2x2 poolings, undone by unpooling; any
+            other value is refused.
+        pretrained_backbone (str | None, default None): weights for the encoder, in
+            torchvision's `vgg16_bn.features` names.
+    """
 
     def __init__(
         self,
@@ -118,7 +128,18 @@ class SegNet(SegmentationModel):
 
 @register_model("segnet_basic", "SegNet-Basic (Badrinarayanan et al. TPAMI 2017): 4 stages, 64 ch, 7x7")
 class SegNetBasic(SegmentationModel):
-    """SegNet-Basic (TPAMI 2017, Sec. 4.1). Options: `channels` (64), `kernel_size` (7)."""
+    """SegNet-Basic (TPAMI 2017, Sec. 4.1): a small encoder-decoder of its own, no backbone
+    (`backbone` and `pretrained_backbone` must stay unset).
+
+    Args:
+        output_stride (int, default 2**depth = 16): fixed by `depth`; any other value is
+            refused.
+        channels (int, default 64): width of every encoder and decoder convolution, the
+            paper's 64 (Sec. 4.1).
+        kernel_size (int, default 7): size of those convolutions, the paper's 7x7 (Sec. 4.1).
+        depth (int, default 4): number of encoder stages (and of mirrored decoder stages),
+            the paper's 4 (Sec. 4.1).
+    """
 
     def __init__(
         self,

@@ -66,6 +66,25 @@ class EncoderDecoderBlock(nn.Module):
 
 @register_model("unet", "U-Net (Ronneberger et al. MICCAI 2015): original 64-1024 net, or any timm encoder")
 class UNet(SegmentationModel):
+    """U-Net (Ronneberger et al., MICCAI 2015): the original network (`backbone=None`) or the
+    smp-style encoder variant on a timm backbone (see the module docstring).
+
+    Args:
+        backbone (str | None, default None): None builds the paper's network (Sec. 2, Fig. 1);
+            a timm name with features at strides 2 to 32 builds the encoder variant, atrous'
+            option, not in the paper.
+        output_stride (int, default 16, or 32 with a backbone): fixed: four 2x2 poolings in
+            the original (five strides in the encoder variant); any other value is refused.
+        base_channels (int, default 64): width of the first level, doubled at each of the four
+            down steps (64 -> 1024, Fig. 1). Original network only.
+        batch_norm (bool, default False): batch norm after every convolution of the original
+            network; off as in the paper (a deviation when on).
+        dropout (float, default 0.5): channel-wise dropout at the end of the contracting path
+            (Sec. 3); 0 removes it. Original network only.
+        decoder_channels (Sequence[int], default (256, 128, 64, 32, 16)): widths of the five
+            decoder blocks of the encoder variant (smp's); atrous' option, not in the paper.
+    """
+
     def __init__(
         self,
         num_classes: int,

@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from atrous.engine import DataError, ImageTooLarge
+from atrous.data import DataError, ImageTooLarge
 from atrous.serve.limits import Admission, BodyLimit, BodyTooLarge
 from atrous.serve.segment import CRF_KINDS, OUTPUTS, Options, Segmenter, Timer
 

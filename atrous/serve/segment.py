@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from atrous.engine import ImageTooLarge, decode_image
-from atrous.engine.common import normalisation, palette_of
-from atrous.engine.infer import infer_views, make_views, prepare
-from atrous.engine.predict import index_png, overlay
+from atrous.checkpoints.meta import normalisation, palette_of
+from atrous.data import ImageTooLarge, decode_image
+from atrous.inference.infer import infer_views, make_views, prepare
+from atrous.inference.predict import index_png, overlay
 
 CRF_KINDS = ("none", "dense", "conv")
 OUTPUTS = ("mask", "overlay", "json")

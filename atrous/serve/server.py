@@ -9,23 +9,29 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
-from atrous.engine import UserError
+from atrous.errors import UserError
+from atrous.options import check_options, option
+from atrous.runtime.device import PRECISIONS
 
 EXTRA_HINT = "pip install 'atrous[serve]'"
 
 
 @dataclass(frozen=True)
 class ServeConfig:
-    checkpoint: str
-    host: str = "127.0.0.1"
-    port: int = 8000
-    crf_params: str | None = None
-    max_upload_mb: float = 20.0
-    max_megapixels: float = 4.0
-    concurrency: int = 1
-    queue: int = 8
-    device: str | None = None
-    precision: str = "fp32"
+    """`atrous serve`'s options, declared once (atrous.options)."""
+
+    checkpoint: str = option(help="the checkpoint served")
+    host: str = option("127.0.0.1", "address to listen on (the default: this machine only)")
+    port: int = option(8000, "port (0: any free port)", ge=0, le=65535)
+    crf_params: str | None = option(None, "YAML/JSON file of CRF parameters; its 'kind' (dense, the default, "
+                                    "or conv) says which CRF they set")
+    max_upload_mb: float = option(20.0, "largest upload accepted, in MB", gt=0)
+    max_megapixels: float = option(4.0, "larger images are refused from their header, before decoding", gt=0)
+    concurrency: int = option(1, "inferences running at once", ge=1)
+    queue: int = option(8, "prediction requests waiting beyond those; more are answered 503", ge=0)
+    precision: str = option("fp32", "auto: bf16 where the CPU has native bf16 and on CUDA, fp32 elsewhere",
+                            choices=PRECISIONS)
+    device: str | None = option(None, "auto, cpu, cuda, cuda:1, ...")
 
 
 def require_serve_extra() -> None:
@@ -41,15 +47,7 @@ def require_serve_extra() -> None:
 
 
 def check_config(config: ServeConfig) -> None:
-    if not 0 <= config.port <= 65535:
-        raise UserError(f"--port must be from 0 to 65535, got {config.port}")
-    for option, value in (("--max-upload-mb", config.max_upload_mb), ("--max-megapixels", config.max_megapixels)):
-        if not value > 0:
-            raise UserError(f"{option} must be positive, got {value}")
-    if config.concurrency < 1:
-        raise UserError(f"--concurrency must be at least 1, got {config.concurrency}")
-    if config.queue < 0:
-        raise UserError(f"--queue must be 0 or more, got {config.queue}")
+    check_options(config)
 
 
 def build_app(config: ServeConfig) -> Any:
@@ -58,9 +56,10 @@ def build_app(config: ServeConfig) -> Any:
     check_config(config)
     import os
 
-    from atrous.engine.checkpoint import load_checkpoint
-    from atrous.engine.common import read_mapping_file, resolve_device
-    from atrous.engine.runs import build_crf
+    from atrous.checkpoints.checkpoint import load_checkpoint
+    from atrous.inference.refinement import build_crf
+    from atrous.options import read_mapping_file
+    from atrous.runtime.device import resolve_device
     from atrous.serve.app import Limits, create_app
     from atrous.serve.segment import Segmenter
 

@@ -1,0 +1,82 @@
+"""`atrous eval`: a checkpoint over a dataset split, a per-class table and the summary metrics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from atrous.checkpoints import load_checkpoint
+from atrous.checkpoints.onnx_model import OnnxModel
+from atrous.commands.inference_options import CrfOptions, ViewOptions
+from atrous.data import build_dataset, list_datasets
+from atrous.errors import UserError
+from atrous.inference.evaluate import FirstItems, evaluate, format_table
+from atrous.inference.refinement import build_crf
+from atrous.models import SegmentationModel
+from atrous.options import check_options, option
+from atrous.outputs import require_writable_file, write_json_atomic
+from atrous.runtime.device import resolve_device
+from atrous.runtime.distributed import process_group, rank_device
+
+HELP = "evaluate a checkpoint: per-class table and summary metrics"
+
+
+@dataclass(kw_only=True)
+class EvalOptions(ViewOptions, CrfOptions):
+    checkpoint: str = option(help="a checkpoint (.safetensors), or an .onnx file from atrous export")
+    dataset: str = option(help="the dataset", choices=list_datasets)
+    data_root: str | None = option(None, "dataset folder in its native layout (default ../shared/data/<dataset>)")
+    split: str = option("val", "the split evaluated")
+    num_classes: int | None = option(None, "folder datasets without classes.json", ge=1)
+    max_images: int | None = option(None, "evaluate on the first N images only", ge=1)
+    batch_size: int = option(4, "images per batch", ge=1)
+    trimap: list[int] = option(factory=list, help="also report mIoU within W pixels of label boundaries "
+                               "(repeatable)", append=True, metavar="W", ge=1)
+    json: str | None = option(None, "write the metrics to this file")
+    synthetic_size: int = option(128, "side of the synthetic scenes", ge=8)
+    progress: bool = option(True, "no progress bar")
+
+
+def load_model(path: str, device: str | None) -> SegmentationModel:
+    """The checkpoint on this process's device (its own GPU under torchrun)."""
+    return load_checkpoint(path).to(rank_device(resolve_device(device)))
+
+
+def run(opts: EvalOptions) -> dict[str, Any]:
+    """Under torchrun the processes share the images (atrous.inference.evaluate); rank 0 reports."""
+    check_options(opts)
+    if opts.json:
+        require_writable_file(opts.json, "--json")
+    with process_group(resolve_device(opts.device)) as world:
+        metrics = _evaluate(opts)
+    if world.is_main:
+        print(format_table(metrics))
+        if opts.json:
+            write_json_atomic(opts.json, metrics)
+    return metrics
+
+
+def _evaluate(opts: EvalOptions) -> dict[str, Any]:
+    views = opts.views()
+    model = load_model(opts.checkpoint, opts.device)
+    dataset = build_dataset(opts.dataset, opts.split, data_root=opts.data_root, num_classes=opts.num_classes,
+                            synthetic_size=opts.synthetic_size)
+    info = dataset.info
+    if opts.max_images is not None:
+        dataset = FirstItems(dataset, opts.max_images)
+    if info.num_classes != model.num_classes:
+        raise UserError(f"{opts.checkpoint} predicts {model.num_classes} classes but dataset {opts.dataset} "
+                        f"has {info.num_classes}")
+    crf = build_crf(opts.crf, model, opts.crf_params)
+    metrics = evaluate(model, dataset, batch_size=opts.batch_size, precision=opts.precision, views=views, crf=crf,
+                       trimap_widths=opts.trimap, progress=opts.progress)
+    metrics["checkpoint"] = opts.checkpoint
+    metrics["crf"] = opts.crf
+    # an exported .onnx graph computes in its own precision (int8 or fp32), whatever --precision says
+    precision = model.precision if isinstance(model, OnnxModel) else opts.precision
+    metrics["inference"] = {"precision": precision, "scales": list(views.scales), "flip": views.flip,
+                            "window": views.window, "stride": views.stride}
+    return metrics
+
+
+Options = EvalOptions

@@ -1,0 +1,65 @@
+"""`atrous export`: a checkpoint to ONNX (fp32 or int8) or TorchScript, its metadata inside."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from atrous.data import list_datasets
+from atrous.deployment.export import DEFAULT_OPSET, FORMATS, OPSETS
+from atrous.deployment.int8 import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_IMAGES,
+    DEFAULT_CALIBRATION_METHOD,
+)
+from atrous.errors import UserError
+from atrous.options import check_options, option
+from atrous.outputs import require_writable_file
+
+HELP = "export a checkpoint to ONNX or TorchScript, its metadata inside"
+
+
+@dataclass(kw_only=True)
+class ExportOptions:
+    checkpoint: str = option(help="the checkpoint to export")
+    out: str = option(help="file to write (.onnx, .pt or .torchscript)")
+    format: str | None = option(None, "default: from the suffix of --out", choices=FORMATS)
+    height: int = option(512, "example input height (the input size with --static)", ge=1)
+    width: int = option(512, "example input width (the input size with --static)", ge=1)
+    opset: int | None = option(None, f"ONNX opset (default {DEFAULT_OPSET})", ge=OPSETS.start, lt=OPSETS.stop)
+    dynamic: bool = option(True, "exactly (1, C, --height, --width) instead of any batch size, height and width",
+                           flag="--static", other="--dynamic", group="shape")
+    int8: bool = option(False, "int8 ONNX (onnxruntime static quantization, QDQ, per-channel weights), "
+                        "calibrated on --calibrate-images training images of --calibrate-dataset")
+    calibrate_dataset: str | None = option(None, "with --int8: the calibration dataset", choices=list_datasets)
+    data_root: str | None = option(None, "with --int8: the calibration dataset's folder")
+    calibrate_images: int = option(DEFAULT_CALIBRATION_IMAGES, "with --int8: how many", ge=1)
+    calibrate_method: str = option(DEFAULT_CALIBRATION_METHOD, "with --int8: how the int8 ranges are set",
+                                   choices=CALIBRATION_METHODS)
+
+
+def run(opts: ExportOptions) -> int:
+    check_options(opts)
+    if not opts.int8:
+        for flag in ("calibrate_dataset", "data_root"):
+            if getattr(opts, flag):
+                raise UserError(f"--{flag.replace('_', '-')} applies to --int8 only")
+    require_writable_file(opts.out, "--out")
+    if opts.int8:
+        from atrous.deployment.int8 import run_export_int8
+
+        agreement = run_export_int8(opts.checkpoint, opts.out, dataset=opts.calibrate_dataset,
+                                    data_root=opts.data_root, images=opts.calibrate_images,
+                                    method=opts.calibrate_method, fmt=opts.format, dynamic=opts.dynamic,
+                                    opset=opts.opset)
+        print(f"wrote {opts.out} (int8 ONNX, dynamic input size; labels agree with fp32 on "
+              f"{100 * agreement:.1f}% of a calibration image)")
+        return 0
+    from atrous.deployment.export import run_export
+
+    fmt = run_export(opts.checkpoint, opts.out, fmt=opts.format, example_size=(opts.height, opts.width),
+                     dynamic=opts.dynamic, opset=opts.opset)
+    print(f"wrote {opts.out} ({fmt}, {'dynamic' if opts.dynamic else 'static'} input size)")
+    return 0
+
+
+Options = ExportOptions

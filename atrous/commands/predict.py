@@ -1,0 +1,43 @@
+"""`atrous predict`: images, folders, patterns and videos segmented into masks and overlays."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from atrous.commands.eval import load_model
+from atrous.commands.inference_options import CrfOptions, ViewOptions
+from atrous.inference.predict import predict
+from atrous.inference.refinement import build_crf
+from atrous.options import check_options, option
+from atrous.outputs import require_writable_folder
+
+HELP = ("segment images and videos: DIR/<stem>.png and DIR/<stem>_overlay.png "
+        "(a video: DIR/<stem>_overlay.mp4)")
+
+
+@dataclass(kw_only=True)
+class PredictOptions(ViewOptions, CrfOptions):
+    checkpoint: str = option(help="a checkpoint (.safetensors), or an .onnx file from atrous export")
+    inputs: list[str] = option(help="image or video files, folders (their images and videos) or glob patterns "
+                               "('**' recurses)", positional=True, nargs="+", metavar="INPUT")
+    out: str = option(help="output folder")
+    batch_size: int = option(4, "images or frames run at once", ge=1)
+    save: str | None = option(None, "also write DIR/<stem>_logits.npy or _probs.npy, float32 (K, H, W); "
+                              "(T, K, H, W) for a video", choices=("logits", "probs"))
+    progress: bool = option(True, "no progress bar")
+
+
+def run(opts: PredictOptions) -> list[str]:
+    """Writes the outputs; returns their paths."""
+    check_options(opts)
+    views = opts.views()
+    require_writable_folder(opts.out, "--out")
+    model = load_model(opts.checkpoint, opts.device)
+    crf = build_crf(opts.crf, model, opts.crf_params)
+    written = predict(model, opts.inputs, opts.out, crf=crf, precision=opts.precision, views=views,
+                      batch_size=opts.batch_size, save=opts.save, progress=opts.progress)
+    print(f"wrote {len(written)} files to {opts.out}")
+    return written
+
+
+Options = PredictOptions

@@ -1,0 +1,58 @@
+"""Lovász-softmax loss (`--loss lovasz`; Berman, Rannen Triki, Blaschko, CVPR 2018)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from atrous.losses.base import BatchTotals, SegmentationLoss
+from atrous.losses.registry import register_loss
+
+
+def lovasz_gradient(truth_sorted: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovász extension of the Jaccard loss w.r.t. sorted errors (Berman et
+    al., CVPR 2018, Eq. 8 and Alg. 1): the Jaccard loss of each prefix, differenced."""
+    positives = truth_sorted.sum()
+    intersection = positives - truth_sorted.cumsum(0)
+    union = positives + (1 - truth_sorted).cumsum(0)
+    jaccard = 1 - intersection / union
+    return torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+
+
+def lovasz_softmax_flat(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Lovász-softmax over pixels (P, C) with labels (P,): the mean over the classes present
+    in `labels` of the Lovász extension of 1 - IoU applied to |1[y = c] - p_c| (Eq. 9-10)."""
+    losses = []
+    for c in range(probs.shape[1]):
+        truth = (labels == c).float()
+        if not bool(truth.any()):
+            continue
+        errors = (truth - probs[:, c]).abs()
+        errors_sorted, order = torch.sort(errors, descending=True)
+        losses.append(torch.dot(errors_sorted, lovasz_gradient(truth[order])))
+    return torch.stack(losses).mean() if losses else probs.sum() * 0.0
+
+
+@register_loss("lovasz")
+class LovaszSoftmax(SegmentationLoss):
+    """Lovász-softmax loss (Berman, Rannen Triki, Blaschko, CVPR 2018), void ignored, over the
+    classes present: `per_image` averages the loss of each image (the reference code's
+    per_image=True), otherwise one loss over all pixels of the batch (per_image=False)."""
+
+    def __init__(self, per_image: bool = False, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.per_image = per_image
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor, totals: BatchTotals) -> torch.Tensor:
+        probs = F.softmax(logits.float(), dim=1)
+        if self.per_image:
+            losses = [self._flat(p[None], t[None]) for p, t in zip(probs, target, strict=True)]
+            return torch.stack(losses).sum() / totals.images
+        return self._flat(probs, target) / (totals.world * totals.micro_batches)
+
+    def _flat(self, probs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        flat = probs.permute(0, 2, 3, 1).reshape(-1, probs.shape[1])  # (P, C)
+        labels = target.reshape(-1)
+        valid = labels != self.ignore_index
+        return lovasz_softmax_flat(flat[valid], labels[valid])
+

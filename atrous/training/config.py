@@ -1,0 +1,142 @@
+"""Every training option, declared once: `atrous train`'s flags, the config-file keys and the
+checks come from these fields (see atrous.options)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from atrous.data import IMAGENET_MEAN, IMAGENET_STD, list_datasets
+from atrous.data.weights import CLASS_WEIGHTINGS
+from atrous.errors import UserError
+from atrous.losses import LEGACY_KEYWORDS, build_loss_options, list_losses, weighted_losses
+from atrous.options import check_options, option
+from atrous.runtime.device import PRECISIONS
+from atrous.runtime.distributed import DEFAULT_TIMEOUT_S
+
+OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_ITERS = 1000
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Every training option; the CLI flags and YAML config keys carry these names."""
+
+    # what is trained, on what, and where it goes
+    model: str = option("deeplab_v3plus", "model name (see `atrous models`); required here or in --config",
+                        show_default=False)
+    dataset: str = option("synthetic", "the training dataset; required here or in --config", choices=list_datasets,
+                          show_default=False)
+    out: str = option("runs/train", "output folder; required here or in --config", show_default=False)
+    data_root: str | None = option(None, "dataset folder in its native layout (default ../shared/data/<dataset>)")
+    backbone: str | None = option(None, "timm model name, or vgg16 / vgg16_bn")
+    output_stride: int | None = option(None, "the backbone's output stride (default: the paper's for the model)",
+                                       choices=(8, 16, 32))
+    pretrained_backbone: str | None = option(None, "local weights file, or 'imagenet' (downloads)")
+    model_options: dict[str, Any] = option(factory=dict, help="a model option, e.g. --model-opt separable=true "
+                                           "(repeatable; see `atrous models NAME`)", flag="--model-opt", append=True)
+    num_classes: int | None = option(None, "folder datasets without classes.json", ge=1)
+    # the schedule
+    iters: int | None = option(None, f"training iterations (default {DEFAULT_ITERS})", ge=1, group="budget")
+    epochs: float | None = option(None, "passes over the training set", gt=0, group="budget")
+    batch_size: int = option(8, "the global batch (split over processes and --grad-accum)", ge=1)
+    crop_size: int | None = option(321, "random crop side (padded with void where smaller)", ge=1)
+    optimizer: str = option("sgd", "the optimiser", choices=OPTIMIZERS)
+    lr: float | None = option(None, "base learning rate (sgd 0.01, adamw 0.001)", gt=0)
+    momentum: float = option(0.9, "SGD momentum", ge=0, lt=1)
+    weight_decay: float = option(1e-4, "L2 penalty (AdamW: decoupled)", ge=0)
+    poly_power: float = option(0.9, "exponent of the poly learning-rate schedule", ge=0)
+    warmup_iters: int = option(0, "linear learning-rate warm-up iterations", ge=0)
+    # the loss
+    class_weights: str = option("none", "per-class loss weights computed from the training masks",
+                                choices=CLASS_WEIGHTINGS)
+    loss: str = option("ce", "training loss", choices=list_losses)
+    loss_options: dict[str, Any] = option(factory=dict, help="an option of the loss, e.g. --loss-opt gamma=3 "
+                                          "(repeatable)", flag="--loss-opt", append=True)
+    ohem_thresh: float = option(0.7, "ohem: train on pixels whose true-class probability is below "
+                                "(= --loss-opt thresh=...)", gt=0, le=1)
+    ohem_min_kept: int = option(100_000, "ohem: at least this many pixels per image (= --loss-opt min_kept=...)",
+                                ge=0)
+    focal_gamma: float = option(2.0, "focal: the focusing exponent (= --loss-opt gamma=...)", ge=0)
+    lovasz_per_image: bool = option(False, "lovasz: average per image, not over the batch "
+                                    "(= --loss-opt per_image=true)")
+    # distributed and batching
+    grad_accum: int = option(1, "split each global batch into K micro-batches", ge=1)
+    sync_bn: bool | None = option(None, "batch norm over the global batch (default when run on several "
+                                  "processes)", other="--no-sync-bn", group="sync_bn")
+    # augmentation
+    scale_min: float = option(0.5, "smallest random scale", gt=0)
+    scale_max: float = option(2.0, "largest random scale", gt=0)
+    flip: bool = option(True, "no random left-right flips")
+    jitter: float = option(0.0, "colour jitter strength (0 = off)", ge=0)
+    mean: tuple[float, ...] = option(IMAGENET_MEAN, "normalisation mean (RGB, 0-1)", cli=False)
+    std: tuple[float, ...] = option(IMAGENET_STD, "normalisation standard deviation (RGB, 0-1)", cli=False, gt=0)
+    # arithmetic and speed
+    precision: str = option("fp32", "auto: bf16 autocast where it is native (CUDA, AVX512-BF16/AMX CPUs), fp32 "
+                            "elsewhere (emulated bf16 is many times slower); fp16 uses a gradient scaler "
+                            "(for GPUs)", choices=PRECISIONS)
+    channels_last: bool = option(False, "channels-last memory format")
+    compile: bool = option(False, "torch.compile the model")
+    fused_optimizer: bool = option(False, "the optimiser's fused implementation (one kernel)")
+    device: str | None = option(None, "auto, cpu, cuda, cuda:1, ...")
+    workers: int = option(0, "data-loading processes", ge=0)
+    seed: int = option(0, "random seed (data order, augmentation, initialisation)")
+    # the run
+    resume: bool = option(False, "continue the run in --out where it stopped")
+    overwrite: bool = option(False, "replace a model already in --out")
+    stop_after: int | None = option(None, "end this run after N iterations; continue with --resume", ge=1)
+    checkpoint_every: int = option(500, "write the model and training state every N iterations", ge=1)
+    train_split: str = option("train", "split trained on (CamVid: seq_train holds 0006R0 out)")
+    eval_split: str | None = option("val", "split evaluated at the end")
+    eval_every: int | None = option(None, "also evaluate every N iterations (a validation curve in log.jsonl)", ge=1)
+    eval_batch_size: int = option(4, "images per evaluation batch", ge=1)
+    synthetic_size: int = option(128, "side of the synthetic scenes", ge=8)
+    synthetic_length: int | None = option(None, "synthetic scenes per split", ge=1)
+    adversarial: bool = option(False, "add Luc et al.'s adversarial loss")
+    adversarial_weight: float = option(0.1, "lambda of the adversarial loss", ge=0)
+    progress: bool = option(True, "no progress bar")
+    dist_timeout: float = option(DEFAULT_TIMEOUT_S, "seconds a process waits for the others (torchrun)", gt=0)
+
+    def validate(self) -> None:
+        """Each option against its declaration, then the rules that tie options together."""
+        check_options(self)
+        if self.iters is not None and self.epochs is not None:
+            raise UserError("give --iters or --epochs, not both")
+        if self.scale_min > self.scale_max:
+            raise UserError(f"--scale-min/--scale-max must satisfy min <= max, got {self.scale_min}, {self.scale_max}")
+        if len(self.mean) != len(self.std):
+            raise UserError(f"mean and std need one value per channel, got {len(self.mean)} and {len(self.std)}")
+        weighted = weighted_losses()
+        if self.class_weights != "none" and self.loss not in weighted:
+            raise UserError(f"--class-weights applies to --loss {'/'.join(weighted)}, not to --loss {self.loss}")
+        self.loss_settings()  # unknown or bad loss options fail here, before any work
+
+    def loss_settings(self) -> dict[str, Any]:
+        """The options handed to the loss: the legacy flags that belong to it, then --loss-opt."""
+        settings = {name: getattr(self, field) for field, (loss, name) in LEGACY_KEYWORDS.items()
+                    if loss == self.loss}
+        settings.update(self.loss_options)
+        return build_loss_options(self.loss, settings)
+
+    @property
+    def base_lr(self) -> float:
+        return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+def config_json(cfg: TrainConfig) -> dict[str, Any]:
+    """The configuration as plain JSON values (config.json, the resume check)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+# the options that may differ between a run and its --resume; any other change would make
+# the resumed run differ from one that never stopped
+# (the number of processes is not an option: a run resumes on any number, see atrous.training.trainer)
+RESUME_MAY_CHANGE = ("resume", "overwrite", "stop_after", "device", "workers", "progress", "checkpoint_every",
+                     "eval_split", "eval_batch_size", "eval_every", "out", "compile", "dist_timeout", "grad_accum")
+# of those, the ones a --resume keeps unless given again: --grad-accum lets a run started on
+# 8 GPUs go on on 4 with the same global batch (batch norm then sees micro-batches of the
+# new size); --compile is a property of the run
+RESUME_INHERITS = ("grad_accum", "compile")

@@ -1,0 +1,241 @@
+"""The house: rooms that import only the floors below them, no import circle, no room that is
+a grab bag, every flag of today kept, every option declared once and checked."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import collections
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from atrous.cli import build_parser, main
+
+PACKAGE = Path(__file__).resolve().parent.parent / "atrous"
+FLAGS = Path(__file__).resolve().parent / "data" / "cli_flags.json"
+
+# each room, and the rooms it may import (torch, timm, numpy and the like aside)
+FLOORS = {
+    "errors": set(),
+    "options": {"errors"},
+    "outputs": {"errors"},
+    "plugins": {"errors"},
+    "layers": set(),
+    "crf": set(),
+    "metrics": set(),
+    "data": set(),
+    "runtime": {"errors"},
+    "losses": {"errors"},
+    "backbones": {"layers"},
+    "models": {"backbones", "layers"},
+    "checkpoints": {"models", "data", "errors", "outputs"},
+    "inference": {"checkpoints", "crf", "data", "errors", "metrics", "models", "options", "outputs", "runtime"},
+    "deployment": {"checkpoints", "data", "errors", "models", "outputs", "runtime", "inference"},
+    "training": {"checkpoints", "crf", "data", "errors", "inference", "losses", "models", "options", "outputs",
+                 "runtime"},
+    "serve": {"checkpoints", "data", "errors", "inference", "options", "runtime"},
+}
+TOP = {"commands", "cli", "__main__", "atrous", "engine"}  # may import any room
+NOT_ROOM_NAMES = {"common", "utils", "misc", "files", "runs", "helpers"}
+
+
+def _modules() -> dict[str, Path]:
+    def name(path: Path) -> str:
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    return {name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _imports() -> dict[str, set[str]]:
+    """module -> the atrous modules it imports, at any depth (a function's imports too)."""
+    modules = _modules()
+
+    def resolve(target: str) -> str:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target
+
+    edges: dict[str, set[str]] = collections.defaultdict(set)
+    for module, path in modules.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                           for a in node.names]
+            else:
+                assert not (isinstance(node, ast.ImportFrom) and node.level), f"{module}: relative import"
+                continue
+            for target in targets:
+                if target.startswith("atrous") and resolve(target) not in ("", module):
+                    edges[module].add(resolve(target))
+    return edges
+
+
+def _room(module: str) -> str:
+    return module.split(".")[1] if "." in module else "atrous"
+
+
+def test_no_import_circle():
+    edges = _imports()
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for target in sorted(edges[module]):
+            assert state.get(target) != 1, "import circle: " + " -> ".join([*path, module, target])
+            if target not in state:
+                visit(target, [*path, module])
+        state[module] = 2
+
+    for module in sorted(_modules()):
+        if module not in state:
+            visit(module, [])
+
+
+def test_rooms_import_only_the_floors_below():
+    rooms = {_room(m) for m in _modules()}
+    assert rooms - TOP == set(FLOORS), "a room without a floor in this test"
+    for module, targets in _imports().items():
+        room = _room(module)
+        if room in TOP:
+            continue
+        for target in targets:
+            assert _room(target) in FLOORS[room] | {room}, f"{module} imports {target} (upward)"
+
+
+def test_every_room_says_what_it_holds_and_none_is_a_grab_bag():
+    lines = {path: len(path.read_text().splitlines()) for path in PACKAGE.rglob("*.py")}
+    total = sum(lines.values())
+    per_room: dict[str, int] = collections.Counter()
+    for path, count in lines.items():
+        per_room[path.relative_to(PACKAGE).parts[0].removesuffix(".py")] += count
+    for room, count in per_room.items():
+        assert count <= total / 5, f"{room} holds {count} of {total} lines"
+        assert room not in NOT_ROOM_NAMES
+    for path in PACKAGE.rglob("*.py"):
+        assert path.stem not in NOT_ROOM_NAMES, path
+        if path.name != "__main__.py":
+            doc = ast.get_docstring(ast.parse(path.read_text()))
+            assert doc and doc.strip(), f"{path} has no docstring saying what it holds"
+
+
+def _flags_of_each_command() -> dict[str, set[str]]:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    result = {}
+    for name, sub in commands.choices.items():
+        result[name] = {s for a in sub._actions if not isinstance(a, argparse._HelpAction)
+                        for s in (a.option_strings or [a.dest])}
+    return result
+
+
+def test_every_flag_of_today_is_kept():
+    """tests/data/cli_flags.json: every command's flags as they were before the options were
+    declared once (taken from the hand-written parser)."""
+    today = json.loads(FLAGS.read_text())
+    now = _flags_of_each_command()
+    for command, flags in today.items():
+        assert set(flags) <= now[command], f"atrous {command} lost {sorted(set(flags) - now[command])}"
+
+
+def test_help_shows_each_default_once(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    assert text.count("(default 8)") == 1  # --batch-size, from its declaration
+    assert "(default 0.7)" in text and "(default 321)" in text
+    assert "{1000}" not in text
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--lr", "nan"], "--lr must be a finite number, got nan"),
+    (["--lr", "inf"], "--lr must be a finite number, got inf"),
+    (["--lr", "-1"], "--lr must be greater than 0, got -1"),
+    (["--momentum", "1.5"], "--momentum must be less than 1, got 1.5"),
+    (["--jitter", "nan"], "--jitter must be a finite number"),
+    (["--weight-decay", "-0.1"], "--weight-decay must be at least 0"),
+    (["--batch-size", "0"], "--batch-size must be at least 1, got 0"),
+    (["--optimizer", "adam"], "--optimizer: unknown optimizer 'adam'; choose one of: sgd, adamw"),
+    (["--loss", "hinge"], "--loss: unknown loss 'hinge'; choose one of: ce,"),
+    (["--loss", "focal", "--loss-opt", "gamma=nan"], "--loss-opt gamma must be a finite number"),
+    (["--loss", "focal", "--loss-opt", "beta=1"], "loss 'focal' has no such option (its options: gamma)"),
+])
+def test_bad_numbers_and_choices_are_refused_in_one_line(tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    code = main(["train", "--model", "fcn32s", "--dataset", "synthetic", "--out", str(out), *flags])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (out / "model.safetensors").exists()
+
+
+def test_bad_numbers_in_a_config_file_are_refused_too(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: fcn32s\ndataset: synthetic\nlr: .nan\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "r")]) == 2
+    assert "--lr must be a finite number, got nan" in capsys.readouterr().err
+    config.write_text("model: fcn32s\ndataset: synthetic\nlearning_rate: 0.1\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "r")]) == 2
+    assert "unknown option 'learning_rate'" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_an_output_folder_that_cannot_be_written_is_refused_before_work(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert main(["train", "--model", "fcn32s", "--dataset", "synthetic", "--out", str(locked / "run")]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {locked / 'run'} cannot be written" in err and len(err.strip().splitlines()) == 1
+    finally:
+        locked.chmod(0o700)
+
+
+@pytest.mark.parametrize("command", [
+    ["train", "--model", "fcn32s", "--dataset", "synthetic", "--iters", "1"],
+    ["predict", "--checkpoint", "missing.safetensors", "image.png"],
+    ["demo", "--iters", "1"],
+])
+def test_an_output_path_under_a_file_is_refused_in_one_line(tmp_path, capsys, command):
+    """A path that cannot be a folder (a file stands in its way): refused before any work,
+    naming the flag and the path, whoever runs it (root too)."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    out = str(blocker / "out")
+    assert main([*command, "--out", out]) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_finite_and_range_checks_come_from_the_declaration():
+    from atrous.errors import UserError
+    from atrous.options import check_options
+    from atrous.training import TrainConfig
+
+    for bad in (math.nan, math.inf, -math.inf):
+        with pytest.raises(UserError, match="--scale-max must be a finite number"):
+            check_options(TrainConfig(scale_max=bad))
+    with pytest.raises(UserError, match="--crop-size must be a whole number, got 1.5"):
+        check_options(TrainConfig(crop_size=1.5))
+    with pytest.raises(UserError, match="--flip must be true or false"):
+        check_options(TrainConfig(flip="yes"))
+    with pytest.raises(UserError, match="std must be greater than 0"):
+        check_options(TrainConfig(std=(0.2, 0.0, 0.2)))
+    check_options(TrainConfig())  # the defaults pass
+
+
+def test_other_commands_check_their_numbers_too(tmp_path, capsys):
+    assert main(["eval", "--checkpoint", "x.safetensors", "--dataset", "synthetic", "--scales", "nan"]) == 2
+    assert "--scales must be a finite number" in capsys.readouterr().err
+    assert main(["serve", "--checkpoint", "x.safetensors", "--port", "70000"]) == 2
+    assert "--port must be at most 65535, got 70000" in capsys.readouterr().err
+    assert main(["fit-crf", "--checkpoint", "x.safetensors", "--dataset", "synthetic", "--lr", "inf"]) == 2
+    assert "--lr must be a finite number" in capsys.readouterr().err
+    assert main(["export", "--checkpoint", "x.safetensors", "--out", str(tmp_path / "m.onnx"), "--opset", "3"]) == 2
+    assert "--opset must be at least 11" in capsys.readouterr().err
