@@ -15,6 +15,14 @@ A field's flag is `--` + its name with dashes; a bool whose default is True gets
 a callable (a registry's names, read when the parser is built). Numbers are checked for type,
 finiteness and range (`ge`, `gt`, `le`, `lt`), text against its choices, and the error names
 the flag and lists the choices, in one line.
+
+Why not tyro or jsonargparse, which also turn dataclasses into flags: both were tried on
+TrainConfig's kind of fields. They add 64 ms (tyro 1.0.17) and 81 ms (jsonargparse 4.53) of
+import time to a start-up that torch already makes 2.5 s; neither refuses `--lr nan` by
+itself; their errors span several lines (tyro draws a box, jsonargparse lists the Union's
+members); and neither keeps today's flags as they are (`--no-flip` alone, `--channels-last`
+without a value, `--static`/`--dynamic`, `--model-opt KEY=VALUE`). This module is the ~250
+lines that keep every flag, print one line and add no dependency.
 """
 
 from __future__ import annotations

@@ -34,7 +34,7 @@ FLOORS = {
     "models": {"backbones", "layers"},
     "checkpoints": {"models", "data", "errors", "outputs"},
     "inference": {"checkpoints", "crf", "data", "errors", "metrics", "models", "options", "outputs", "runtime"},
-    "deployment": {"checkpoints", "data", "errors", "models", "outputs", "runtime", "inference"},
+    "deployment": {"checkpoints", "data", "errors", "models", "outputs"},
     "training": {"checkpoints", "crf", "data", "errors", "inference", "losses", "models", "options", "outputs",
                  "runtime"},
     "serve": {"checkpoints", "data", "errors", "inference", "options", "runtime"},
@@ -239,3 +239,24 @@ def test_other_commands_check_their_numbers_too(tmp_path, capsys):
     assert "--lr must be a finite number" in capsys.readouterr().err
     assert main(["export", "--checkpoint", "x.safetensors", "--out", str(tmp_path / "m.onnx"), "--opset", "3"]) == 2
     assert "--opset must be at least 11" in capsys.readouterr().err
+
+
+def test_every_config_key_of_today_is_kept():
+    """tests/data/config_keys.json: TrainConfig's fields (the config-file keys) before the
+    options were declared once."""
+    import dataclasses
+
+    from atrous.training import TrainConfig
+
+    keys = set(json.loads((FLAGS.parent / "config_keys.json").read_text()))
+    assert keys <= {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def test_the_old_engine_names_still_work_with_a_warning():
+    import atrous.engine
+    from atrous.training import TrainConfig
+
+    with pytest.warns(DeprecationWarning, match="atrous.training.TrainConfig"):
+        assert atrous.engine.TrainConfig is TrainConfig
+    with pytest.raises(AttributeError):
+        atrous.engine.nothing_here  # noqa: B018
