@@ -61,6 +61,16 @@ def run_pydensecrf(dcrf, logits: torch.Tensor, rgb: np.ndarray, iterations: int)
     return np.array(d.inference(iterations)).reshape(c, h, w)
 
 
+def _cpu_name() -> str:
+    """The processor's model name and whether it has native bf16 (timings differ by machine)."""
+    try:
+        text = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    return f"{name} ({'AVX512-BF16' if ' avx512_bf16' in text else 'no AVX512-BF16'})"
+
+
 def timed(fn, repeats: int):
     times, result = [], None
     for _ in range(repeats):
@@ -152,6 +162,7 @@ def main() -> None:
         median_speedup_vs_pydensecrf=med("speedup_vs_pydensecrf"),
         median_speedup_vs_pydensecrf_cold=med("speedup_vs_pydensecrf_cold"),
         machine_load_1min=float(open("/proc/loadavg").read().split()[0]),
+        cpu=_cpu_name(), precision="fp32",
         min_agreement=min((r["agreement"] for r in rows if "agreement" in r), default=None),
         mean_agreement=(statistics.mean(r["agreement"] for r in rows) if dcrf else None),
         torch=torch.__version__,

@@ -17,6 +17,7 @@ argmax gives the labels, exp (or softmax) gives Q.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -143,23 +144,34 @@ class DenseCRF(nn.Module):
         ones = features.new_ones(features.shape[0], features.shape[1], 1)
         return gfilter, torch.rsqrt(gfilter.filter(ones) + 1e-20)
 
-    def _smoothness_kernel(self, n: int, h: int, w: int, like: torch.Tensor):
-        # Positions do not depend on the image: one lattice serves every image of a batch,
-        # and is kept for the next call of the same size (the lattice and its normalisation,
-        # not the weight, which may be training).
+    def _smoothness_filter(self, h: int, w: int, like: torch.Tensor):
+        """The position lattice and its normalisation. Positions do not depend on the image:
+        one lattice serves every image of a batch, and is kept for the next call of the same
+        size (the lattice and its normalisation, not the weight, which may be training)."""
         key = (h, w, float(self.pos_xy_std), self.method, like.device, like.dtype)
         cache = self.__dict__.setdefault("_smoothness_cache", {})
         if key not in cache:
             cache.clear()
             position = pixel_features(like.new_ones(1, 3, h, w), self.pos_xy_std, None)
             cache[key] = self._normalised_filter(position)
-        gfilter, norm = cache[key]
-        return _batch_shared(gfilter.prepare(pre=norm, post=self.pos_w * norm))
+        return cache[key]
 
-    def _appearance_kernel(self, image: torch.Tensor):
+    def _messages(self, image: torch.Tensor, like: torch.Tensor):
+        """The function Q (N, P, C) -> sum_k w_k n_k K_k (n_k Q): both kernels' messages."""
+        h, w = image.shape[-2:]
+        position, pos_norm = self._smoothness_filter(h, w, like)
         features = pixel_features(image, self.bi_xy_std, self.bi_rgb_std)
-        gfilter, norm = self._normalised_filter(features)
-        return gfilter.prepare(pre=norm, post=self.bi_w * norm)
+        appearance, bi_norm = self._normalised_filter(features)
+        kernels = [_batch_shared(position.prepare(pre=pos_norm, post=self.pos_w * pos_norm)),
+                   appearance.prepare(pre=bi_norm, post=self.bi_w * bi_norm)]
+
+        def apply(q: torch.Tensor) -> torch.Tensor:
+            message = kernels[0](q)
+            for kernel in kernels[1:]:
+                message += kernel(q)  # in place: one pass, no new (N, P, C) tensor
+            return message
+
+        return apply
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         _check_inputs(logits, image)
@@ -167,15 +179,16 @@ class DenseCRF(nn.Module):
         log_unary = F.log_softmax(logits, dim=1).permute(0, 2, 3, 1).reshape(n, h * w, c)
         if self.num_iterations <= 0:
             return log_unary.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
-        image = image.to(logits.dtype)
-        kernels = [self._smoothness_kernel(n, h, w, logits), self._appearance_kernel(image)]
+        messages = self._messages(image.to(logits.dtype), logits)
 
         energy = log_unary  # -E, up to a per-pixel constant
+        # Potts messages with non-negative weights are >= 0, so every row of -E holds a value
+        # >= max(log_unary) >= -log C: exp cannot underflow a whole row, and no row maximum
+        # is needed unless exp could overflow (checked with one reduction per iteration)
+        bounded_below = self.compatibility == "potts" and bool(self.pos_w >= 0) and bool(self.bi_w >= 0)
         for i in range(self.num_iterations):
-            q = softmax_rows(energy, inplace=i > 0)  # energy is log_unary at i = 0
-            message = kernels[0](q)
-            for kernel in kernels[1:]:
-                message += kernel(q)  # in place: one pass, no new (N, P, C) tensor
+            q = softmax_rows(energy, inplace=i > 0, rows_bounded_below=bounded_below)
+            message = messages(q)
             if self.compatibility == "matrix":
                 message = -message @ self.compat.to(message.dtype).t()
             energy = message.add_(log_unary)
@@ -196,20 +209,25 @@ def _batch_shared(kernel):
     return apply
 
 
-def softmax_rows(x: torch.Tensor, *, inplace: bool = False) -> torch.Tensor:
+def softmax_rows(x: torch.Tensor, *, inplace: bool = False, rows_bounded_below: bool = False) -> torch.Tensor:
     """softmax over the last dim of contiguous (..., P, C) with small C; same values as
     ``torch.softmax(x, -1)`` (to float rounding), as a contiguous tensor.
 
-    CPU softmax and reductions over a short contiguous last dim are slow, so: the row max
-    over a transposed view (vectorises across rows), exp, and the row sum as a
-    matrix-vector product. ``inplace=True`` reuses x's memory when autograd does not need it."""
-    row_max = x.detach().transpose(-1, -2).amax(-2).unsqueeze(-1)  # (..., P, 1)
+    CPU softmax and reductions over a short contiguous last dim are slow, so: exp, and the
+    row sum as a matrix-vector product. The row maximum is subtracted first (a reduction over
+    a transposed view) unless the caller knows that every row holds a value >= -log C
+    (``rows_bounded_below``: no row can underflow) and one global maximum shows that exp
+    cannot overflow. ``inplace=True`` reuses x's memory when autograd does not need it."""
     ones = x.new_ones(x.shape[-1], 1)
+    limit = math.log(torch.finfo(x.dtype).max / x.shape[-1]) - 1.0
+    shift = None
+    if not (rows_bounded_below and float(x.detach().max()) <= limit):
+        shift = x.detach().transpose(-1, -2).amax(-2).unsqueeze(-1)  # (..., P, 1)
     if not inplace or (torch.is_grad_enabled() and x.requires_grad):
-        e = torch.exp(x - row_max)
+        e = torch.exp(x if shift is None else x - shift)
         return e / (e @ ones)
-    e = x.sub_(row_max).exp_()
-    return e.div_(e @ ones)
+    e = (x if shift is None else x.sub_(shift)).exp_()
+    return e.mul_((e @ ones).reciprocal_())
 
 
 def _check_options(compatibility: str, num_classes: int | None, stds: tuple) -> None:
