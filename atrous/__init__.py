@@ -19,6 +19,10 @@ __version__ = "0.1.0"
 _LAZY = {
     "save_checkpoint": "atrous.checkpoints",
     "load_checkpoint": "atrous.checkpoints",
+    "load_weights": "atrous.checkpoints",
+    "save_pretrained": "atrous.checkpoints",
+    "from_pretrained": "atrous.checkpoints",
+    "push_to_hub": "atrous.checkpoints",
     "from_torchvision": "atrous.models.torchvision_compat",
     "infer": "atrous.inference.infer",
 }
@@ -38,9 +42,13 @@ __all__ = [
     "SegmentationModel",
     "__version__",
     "create_model",
+    "from_pretrained",
     "from_torchvision",
     "infer",
     "list_models",
     "load_checkpoint",
+    "load_weights",
+    "push_to_hub",
     "save_checkpoint",
+    "save_pretrained",
 ]

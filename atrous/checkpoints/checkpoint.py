@@ -15,6 +15,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
+from atrous.checkpoints.sources import is_repo_id, resolve_source
 from atrous.errors import UserError
 from atrous.models import SegmentationModel, create_model
 from atrous.outputs import write_atomic
@@ -72,13 +73,16 @@ def read_checkpoint_header(path: str) -> dict[str, Any]:
 
 
 def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> SegmentationModel:
-    """Rebuild the model saved at `path` (architecture, options, weights, meta). A `.onnx`
+    """Rebuild the model saved at `path` (architecture, options, weights, meta); `path` may
+    also be a pretrained folder or a Hub repo id (atrous.checkpoints.pretrained). A `.onnx`
     file written by `atrous export` (fp32 or int8) comes back as an onnxruntime-backed
     model with the same interface and metadata (atrous.checkpoints.onnx_model)."""
     if os.path.splitext(path)[1].lower() == ".onnx":
         from atrous.checkpoints.onnx_model import load_onnx_model
 
         return load_onnx_model(path)
+    if os.path.isdir(path) or is_repo_id(path):  # a pretrained folder or a Hub repository
+        path = resolve_source(path)
     header = read_checkpoint_header(path)
     config = header["model"]
     try:

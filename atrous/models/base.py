@@ -45,6 +45,15 @@ class SegmentationModel(nn.Module):
         # set by the engine / load_checkpoint: class names, palette, normalisation, ...
         self.meta: dict[str, Any] = {}
 
+    def save_pretrained(self, directory: str, **card: Any) -> str:
+        """Write this model to `directory` as a pretrained folder (weights, config.json and a
+        README.md model card; `card`: metrics=..., training=...): the one method here that
+        reaches a floor above, by name, since a model is what people save
+        (atrous.checkpoints.pretrained.save_pretrained does the work)."""
+        import importlib
+
+        return importlib.import_module("atrous.checkpoints.pretrained").save_pretrained(self, directory, **card)
+
     def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,19 @@ class TrainConfig:
     model_options: dict[str, Any] = option(factory=dict, help="a model option, e.g. --model-opt separable=true "
                                            "(repeatable; see `atrous models NAME`)", flag="--model-opt", append=True)
     num_classes: int | None = option(None, "folder datasets without classes.json", ge=1)
+    # starting from trained weights
+    init_from: str | None = option(None, "start from trained weights: an atrous checkpoint, a pretrained folder, "
+                                   "a Hub repo id or a torchvision/timm state-dict file (a new run: new "
+                                   "optimiser and schedule; tensors whose shape changed with the class count "
+                                   "start anew, reported in metrics.json; --resume continues from the run's "
+                                   "own state instead)")
+    freeze: str = option("none", "backbone: its parameters are not trained and its batch norm stays in eval "
+                         "mode", choices=("none", "backbone"))
+    freeze_bn: bool = option(False, "keep every batch norm's statistics frozen (eval mode), as DeepLab v3's "
+                             "second stage does")
+    lr_mult: dict[str, Any] = option(factory=dict, help="a learning-rate multiplier, e.g. --lr-mult head=10 "
+                                     "(backbone, head, or a parameter-name prefix; repeatable)",
+                                     flag="--lr-mult", append=True)
     # the schedule
     iters: int | None = option(None, f"training iterations (default {DEFAULT_ITERS})", ge=1, group="budget")
     epochs: float | None = option(None, "passes over the training set", gt=0, group="budget")
@@ -105,6 +119,9 @@ class TrainConfig:
         check_options(self)
         if self.iters is not None and self.epochs is not None:
             raise UserError("give --iters or --epochs, not both")
+        for part, factor in self.lr_mult.items():
+            if isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(factor) or factor < 0:
+                raise UserError(f"--lr-mult {part} must be a finite number >= 0, got {factor!r}")
         if self.scale_min > self.scale_max:
             raise UserError(f"--scale-min/--scale-max must satisfy min <= max, got {self.scale_min}, {self.scale_max}")
         if len(self.mean) != len(self.std):

@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from atrous.checkpoints.checkpoint import save_checkpoint
 from atrous.checkpoints.meta import model_meta
+from atrous.checkpoints.weights import load_weights
 from atrous.data import DataError, build_dataset, train_transform
 from atrous.data.weights import class_weights
 from atrous.errors import UserError
@@ -48,6 +49,12 @@ from atrous.outputs import (
 from atrous.runtime import distributed
 from atrous.runtime.device import autocast, resolve_device, resolve_precision
 from atrous.training.config import DEFAULT_ITERS, RESUME_MAY_CHANGE, TrainConfig, config_json
+from atrous.training.finetune import (
+    freeze_backbone,
+    frozen_batch_norms,
+    parameter_groups,
+    unknown_prefixes,
+)
 from atrous.training.global_batch import (
     GlobalBatchSampler,
     convert_sync_batchnorm,
@@ -89,11 +96,14 @@ class TrainStream(torch.utils.data.Dataset):
 
 
 def _build_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """The optimiser over the trainable parameters, one group per learning-rate multiplier
+    (each group's lr is base * its "lr_mult" at every step)."""
     fused = True if cfg.fused_optimizer else None  # None: torch's default implementation
+    groups = parameter_groups(model, cfg.lr_mult)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=cfg.base_lr, momentum=cfg.momentum,
-                               weight_decay=cfg.weight_decay, fused=fused)
-    return torch.optim.AdamW(model.parameters(), lr=cfg.base_lr, weight_decay=cfg.weight_decay, fused=fused)
+        return torch.optim.SGD(groups, lr=cfg.base_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                               fused=fused)
+    return torch.optim.AdamW(groups, lr=cfg.base_lr, weight_decay=cfg.weight_decay, fused=fused)
 
 
 def _total_iters(cfg: TrainConfig, dataset_length: int) -> int:
@@ -129,7 +139,9 @@ class Trainer:
         if len(self.dataset) == 0:
             raise UserError(f"the {cfg.dataset} training split is empty")
         self.info = self.dataset.info
+        self.init_report = None  # what --init-from loaded
         self.model = self._build_model()
+        self.frozen_norms = self._fine_tuning()
         self.optimizer = _build_optimizer(self.model, cfg)
         self.precision = resolve_precision(cfg.precision, self.device)  # "auto" -> what runs here
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
@@ -173,6 +185,10 @@ class Trainer:
             raise UserError(str(err)) from err
         except (ValueError, TypeError) as err:
             raise UserError(f"--model {cfg.model}: {err}") from err
+        if cfg.init_from and not cfg.resume:  # a resumed run's weights come from its own state
+            self.init_report = load_weights(model, cfg.init_from)
+            if self.world.is_main:
+                print(self.init_report.line())
         model.meta = model_meta(self.info, cfg.mean, cfg.std)
         shard_dropout(model)  # dropout masks that do not depend on the number of ranks
         if self.world.distributed and cfg.sync_bn is not False:
@@ -181,6 +197,23 @@ class Trainer:
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
         return model
+
+    def _fine_tuning(self) -> list[torch.nn.Module]:
+        """--freeze backbone and --lr-mult applied to the model; returns the batch norms that
+        stay in eval mode while training (--freeze backbone: the backbone's; --freeze-bn: all)."""
+        cfg = self.cfg
+        unknown = list(unknown_prefixes(self.model, cfg.lr_mult))
+        if unknown:
+            raise UserError(f"--lr-mult {unknown[0]}: not backbone, head or a parameter-name prefix of "
+                            f"model {cfg.model}")
+        if cfg.freeze == "backbone":
+            try:
+                freeze_backbone(self.model)
+            except ValueError as err:
+                raise UserError(f"--freeze backbone: {err}") from err
+        if cfg.freeze_bn or cfg.freeze == "backbone":
+            return frozen_batch_norms(self.model, backbone_only=not cfg.freeze_bn)
+        return []
 
     def _data_parallel(self) -> torch.nn.parallel.DistributedDataParallel | None:
         """DDP over the ranks, gradients summed (each rank's loss is its share of the global loss)."""
@@ -314,10 +347,12 @@ class Trainer:
     def _train_step(self, micro_batches: list[tuple[torch.Tensor, torch.Tensor]], lr: float) -> dict[str, float]:
         """One optimiser step on this rank's micro-batches of the global batch."""
         for group in self.optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_mult", 1.0)
         micro_batches = [self._to_device(images, masks) for images, masks in micro_batches]
         totals = self._batch_totals([masks for _, masks in micro_batches])
         self.model.train()
+        for module in self.frozen_norms:  # --freeze backbone / --freeze-bn: statistics stay as loaded
+            module.eval()
         self.optimizer.zero_grad(set_to_none=True)
         step_rng = _rng_state(self.device) if len(micro_batches) > 1 else None
         shares: dict[str, torch.Tensor] = {}
@@ -491,6 +526,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         trainer.eval_dataset = dataset
         summary = trainer.run()
         result: dict[str, Any] = {"train": summary, cfg.eval_split or "val": None}
+        if trainer.init_report is not None:
+            result["init_from"] = trainer.init_report.as_dict()
         if summary["finished"] and dataset is not None:
             from atrous.inference.evaluate import evaluate
 

@@ -1,0 +1,138 @@
+"""Models people can share: a pretrained folder (model.safetensors, config.json and a README.md
+model card), read back by `from_pretrained` from the folder or a Hub repository, and
+`push_to_hub` through huggingface_hub, as smp and timm do.
+
+    model.save_pretrained("camvid-deeplab")            # or atrous.save_pretrained(model, ...)
+    model = atrous.from_pretrained("camvid-deeplab")    # a folder or "owner/name" on the Hub
+    model = atrous.from_pretrained("owner/name", num_classes=5)   # new classifier, reported
+
+model.safetensors is an ordinary atrous checkpoint: every command's --checkpoint takes the
+file, its folder or the Hub id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from typing import Any
+
+from atrous.checkpoints.checkpoint import (
+    FORMAT_VERSION,
+    load_checkpoint,
+    read_checkpoint_header,
+    save_checkpoint,
+)
+from atrous.checkpoints.sources import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, resolve_source
+from atrous.checkpoints.weights import load_weights
+from atrous.errors import UserError
+from atrous.models import SegmentationModel, create_model, model_summaries
+from atrous.outputs import write_text_atomic
+
+
+def save_pretrained(model: SegmentationModel, directory: str, *, metrics: dict[str, Any] | None = None,
+                    training: dict[str, Any] | None = None) -> str:
+    """Write `model` to `directory` as a pretrained folder; `metrics` (e.g. a metrics.json's
+    evaluation) and `training` (the recipe) go into the model card. Returns the folder."""
+    if not getattr(model, "config", None):
+        raise ValueError("save_pretrained needs a model built by atrous.create_model")
+    os.makedirs(directory, exist_ok=True)
+    save_checkpoint(model, os.path.join(directory, WEIGHTS_FILE))
+    header = read_checkpoint_header(os.path.join(directory, WEIGHTS_FILE))
+    config = {"atrous_format": FORMAT_VERSION, "model": header["model"], "meta": header["meta"]}
+    if training:
+        config["training"] = training
+    if metrics:
+        config["metrics"] = metrics
+    write_text_atomic(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2))
+    write_text_atomic(os.path.join(directory, CARD_FILE), model_card(config))
+    return directory
+
+
+def from_pretrained(source: str, *, num_classes: int | None = None, strict: bool | None = None) -> SegmentationModel:
+    """The model saved in a pretrained folder, a checkpoint file or a Hub repository. With
+    another `num_classes`, the same architecture is built for that many classes and every
+    tensor that fits is loaded (the classifier starts anew; `model.load_report` says which);
+    `strict=True` refuses that."""
+    path = resolve_source(source)
+    header = read_checkpoint_header(path)
+    config = header["model"]
+    if num_classes is None or num_classes == config["num_classes"]:
+        return load_checkpoint(path)
+    if strict:
+        raise UserError(f"{source} predicts {config['num_classes']} classes, not {num_classes} (strict)")
+    model = create_model(config["name"], num_classes, in_channels=config.get("in_channels", 3),
+                         backbone=config.get("backbone"), output_stride=config.get("output_stride"),
+                         **config.get("options", {}))
+    model.load_report = load_weights(model, path)
+    meta = dict(header.get("meta", {}))
+    for key in ("class_names", "palette", "crf"):  # they described the old classes
+        meta.pop(key, None)
+    model.meta = meta
+    return model.eval()
+
+
+def push_to_hub(model: SegmentationModel, repo_id: str, *, private: bool = False, token: str | None = None,
+                commit_message: str = "atrous model", metrics: dict[str, Any] | None = None) -> str:
+    """save_pretrained into a temporary folder and upload it to the Hub repository `repo_id`
+    (created if needed). Returns the repository's URL."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    with tempfile.TemporaryDirectory() as folder:
+        save_pretrained(model, folder, metrics=metrics)
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+    return str(url)
+
+
+def model_card(config: dict[str, Any]) -> str:
+    """README.md of a pretrained folder: what the model is, its classes, how it was trained
+    and scored, how to run it."""
+    model, meta = config["model"], config.get("meta", {})
+    name = model["name"]
+    summary = model_summaries().get(name, name)
+    classes = meta.get("class_names", [])
+    palette = meta.get("palette", [])
+    lines = [
+        "---", "library_name: atrous", "tags:", "- semantic-segmentation", f"- {name}", "---", "",
+        f"# {name} ({model.get('backbone') or 'default backbone'}, {len(classes)} classes)", "",
+        f"**Architecture**: {summary}.", "",
+        f"Options: backbone `{model.get('backbone')}`, output stride `{model.get('output_stride')}`, "
+        f"input channels {model.get('in_channels', 3)}, " +
+        (", ".join(f"`{k}={v!r}`" for k, v in (model.get("options") or {}).items()) or "no other options") + ".", "",
+        "## Classes", "", "| index | class | colour (RGB) |", "|---|---|---|",
+    ]
+    for index, class_name in enumerate(classes):
+        colour = palette[index] if index < len(palette) else ""
+        lines.append(f"| {index} | {class_name} | {tuple(colour) if colour else ''} |")
+    lines += ["", f"Void label: {meta.get('ignore_index', 255)}.", "",
+              "## Input", "",
+              f"RGB images scaled to 0-1, then normalised with mean {meta.get('mean')} and std {meta.get('std')}; "
+              "any height and width (the model pads and crops internally).", ""]
+    training = config.get("training")
+    lines += ["## Training", ""]
+    if training:
+        lines += [f"Dataset `{training.get('dataset', meta.get('dataset'))}`, split `{training.get('train_split', '?')}`; "
+                  "the recipe as `atrous train --config` reads it:", "", "```yaml"]
+        lines += [f"{k}: {json.dumps(v)}" for k, v in training.items()]
+        lines += ["```", ""]
+    else:
+        lines += [f"Dataset: `{meta.get('dataset', 'unknown')}` (no recipe was recorded).", ""]
+    metrics = config.get("metrics")
+    lines += ["## Evaluation", ""]
+    if metrics:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
+                  for k, v in metrics.items() if not isinstance(v, dict | list)]
+        lines.append("")
+    else:
+        lines += ["Not recorded.", ""]
+    lines += ["## Use", "", "```python", "import atrous", "",
+              'model = atrous.from_pretrained("THIS_FOLDER_OR_REPO_ID")',
+              "scores = atrous.infer(model, images)  # (N, K, H, W); images normalised as above",
+              "labels = scores.argmax(1)", "```", "",
+              "```bash", "atrous predict --checkpoint THIS_FOLDER_OR_REPO_ID photo.jpg --out predictions/",
+              "atrous train --init-from THIS_FOLDER_OR_REPO_ID --dataset folder --data-root my_data ...  # fine-tune",
+              "```", ""]
+    return "\n".join(lines)

@@ -1,0 +1,210 @@
+"""Starting from trained weights: load_weights, pretrained folders and Hub repositories,
+--init-from with the fine-tuning controls (--freeze backbone, --freeze-bn, --lr-mult)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import timm
+import torch
+from PIL import Image
+
+import atrous
+from atrous.cli import main
+from atrous.errors import UserError
+
+TINY = dict(backbone="resnet18", decoder_channels=32, aspp_channels=32)
+
+
+def tiny(num_classes: int, seed: int = 0) -> atrous.SegmentationModel:
+    torch.manual_seed(seed)
+    return atrous.create_model("deeplab_v3plus", num_classes, **TINY).eval()
+
+
+def test_weights_of_another_class_count_load_and_the_classifier_starts_anew(tmp_path):
+    source = tiny(5, seed=1)
+    atrous.save_checkpoint(source, str(tmp_path / "five.safetensors"))
+    target = tiny(3, seed=2)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    report = atrous.load_weights(target, str(tmp_path / "five.safetensors"))
+    assert sorted(report.reinitialised) == ["classifier.bias", "classifier.weight"]
+    assert not report.unused and not report.missing and len(report.matched) == len(before) - 2
+    for key, value in target.state_dict().items():
+        expected = before[key] if key.startswith("classifier.") else source.state_dict()[key]
+        assert torch.equal(value, expected), key
+    assert "2 re-initialised (classifier.bias, classifier.weight)" in report.line()
+    with pytest.raises(UserError, match="does not fit exactly"):
+        atrous.load_weights(tiny(3), str(tmp_path / "five.safetensors"), strict=True)
+
+
+def test_another_architecture_or_nothing_matching_is_one_line(tmp_path):
+    atrous.save_checkpoint(atrous.create_model("unet", 3, backbone="resnet18"), str(tmp_path / "unet.safetensors"))
+    with pytest.raises(UserError, match="holds a 'unet' model, not 'deeplab_v3plus'"):
+        atrous.load_weights(tiny(3), str(tmp_path / "unet.safetensors"))
+    torch.save({"something.else": torch.zeros(7, 7)}, tmp_path / "other.pth")
+    with pytest.raises(UserError, match="no tensor matches"):
+        atrous.load_weights(tiny(3), str(tmp_path / "other.pth"))
+    with pytest.raises(UserError, match="not found: nothing_here.pth"):
+        atrous.load_weights(tiny(3), "nothing_here.pth")
+    (tmp_path / "broken.pth").write_bytes(b"not a pickle")
+    with pytest.raises(UserError, match="broken.pth: cannot read weights"):
+        atrous.load_weights(tiny(3), str(tmp_path / "broken.pth"))
+
+
+def test_a_timm_state_dict_lands_in_the_backbone(tmp_path):
+    """An ImageNet-style timm ResNet-18 file (names without atrous' prefix) is matched under
+    the backbone's prefix; its fc layer is unused (features_only has none)."""
+    torch.manual_seed(3)
+    resnet = timm.create_model("resnet18", pretrained=False)
+    torch.save({"state_dict": resnet.state_dict()}, tmp_path / "resnet18.pth")
+    model = tiny(3)
+    report = atrous.load_weights(model, str(tmp_path / "resnet18.pth"))
+    assert report.prefix.endswith(".") and "backbone" in report.prefix
+    assert set(report.unused) == {"fc.weight", "fc.bias"}
+    own = model.state_dict()
+    assert torch.equal(own[report.prefix + "conv1.weight"], resnet.state_dict()["conv1.weight"])
+    assert torch.equal(own[report.prefix + "layer4.1.bn2.running_var"], resnet.state_dict()["layer4.1.bn2.running_var"])
+
+
+def test_a_pretrained_folder_round_trips_with_identical_outputs_and_a_card(tmp_path):
+    model = tiny(4)
+    model.meta = {"class_names": ["sky", "road", "car", "tree"], "palette": [[1, 2, 3]] * 4, "dataset": "mine",
+                  "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+    folder = tmp_path / "shared-model"
+    model.save_pretrained(str(folder), metrics={"mIoU": 0.6125}, training={"dataset": "mine", "iters": 100})
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    again = atrous.from_pretrained(str(folder))
+    x = torch.randn(2, 3, 45, 61)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    assert again.meta["class_names"] == ["sky", "road", "car", "tree"]
+    card = (folder / "README.md").read_text()
+    for words in ("DeepLab v3+", "| 2 | car |", "0.6125", "iters: 100", "atrous.from_pretrained", "[0.5, 0.5, 0.5]"):
+        assert words in card, words
+    assert json.loads((folder / "config.json").read_text())["model"]["num_classes"] == 4
+    # another class count: every tensor but the classifier's, reported
+    three = atrous.from_pretrained(str(folder), num_classes=3)
+    assert three.num_classes == 3 and sorted(three.load_report.reinitialised) == ["classifier.bias",
+                                                                                   "classifier.weight"]
+    assert "class_names" not in three.meta
+    with pytest.raises(UserError, match="predicts 4 classes, not 3"):
+        atrous.from_pretrained(str(folder), num_classes=3, strict=True)
+    # every --checkpoint takes the folder
+    assert atrous.load_checkpoint(str(folder)).num_classes == 4
+    with pytest.raises(UserError, match="folder without model.safetensors"):
+        atrous.load_checkpoint(str(tmp_path))
+
+
+def _hub_cache(root: Path, repo_id: str, folder: Path) -> None:
+    """huggingface_hub's cache layout: models--owner--name/{refs/main, snapshots/<hash>/...}."""
+    repo = root / ("models--" + repo_id.replace("/", "--"))
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    for path in folder.iterdir():
+        (snapshot / path.name).write_bytes(path.read_bytes())
+
+
+def test_a_hub_repository_loads_from_the_cache_offline(tmp_path, monkeypatch):
+    import huggingface_hub.constants as hub
+
+    model = tiny(4)
+    model.save_pretrained(str(tmp_path / "folder"))
+    _hub_cache(tmp_path / "cache", "someone/camvid-model", tmp_path / "folder")
+    monkeypatch.setattr(hub, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(hub, "HF_HUB_OFFLINE", True)
+    again = atrous.from_pretrained("someone/camvid-model")
+    x = torch.randn(1, 3, 33, 47)
+    with torch.no_grad():
+        assert torch.equal(model(x), again(x))
+    assert atrous.load_checkpoint("someone/camvid-model").num_classes == 4
+    with pytest.raises(UserError, match="someone/absent: cannot fetch it from the Hub"):
+        atrous.from_pretrained("someone/absent")
+
+
+def test_push_to_hub_uploads_the_pretrained_folder(monkeypatch):
+    from huggingface_hub import HfApi
+
+    seen = {}
+
+    def create_repo(self, repo_id, private=False, exist_ok=False, **_):
+        seen["repo"] = (repo_id, private, exist_ok)
+        return f"https://hub.example/{repo_id}"
+
+    def upload_folder(self, repo_id, folder_path, commit_message, **_):
+        seen["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+        seen["card"] = (Path(folder_path) / "README.md").read_text()
+
+    monkeypatch.setattr(HfApi, "create_repo", create_repo)
+    monkeypatch.setattr(HfApi, "upload_folder", upload_folder)
+    url = atrous.push_to_hub(tiny(2), "me/tiny", private=True)
+    assert url.endswith("me/tiny") and seen["repo"] == ("me/tiny", True, True)
+    assert seen["files"] == ["README.md", "config.json", "model.safetensors"] and "2 classes" in seen["card"]
+
+
+def _folder_dataset(root: Path, classes: list[str], count: int = 4, size: int = 40) -> Path:
+    rng = np.random.default_rng(0)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(count):
+        mask = np.zeros((size, size), np.uint8)
+        mask[:, size // 2:] = 1 + i % (len(classes) - 1)
+        image = (rng.random((size, size, 3)) * 60 + mask[..., None] * 60).astype(np.uint8)
+        Image.fromarray(image).save(root / "images" / f"{i}.png")
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+    (root / "classes.json").write_text(json.dumps({"classes": classes}))
+    return root
+
+
+def test_fine_tuning_from_a_checkpoint_on_other_classes(tmp_path, capsys):
+    """--init-from a synthetic-scenes model onto a 3-class folder dataset with the backbone
+    frozen and a 10x head: the report in metrics.json, the backbone (weights and batch-norm
+    statistics) exactly as loaded, the head trained, the head's learning rate 10x."""
+    common = ["--model", "deeplab_v3plus", "--backbone", "resnet18", "--model-opt", "decoder_channels=32",
+              "--model-opt", "aspp_channels=32", "--batch-size", "2", "--crop-size", "32", "--no-progress",
+              "--optimizer", "adamw", "--lr", "1e-3"]
+    assert main(["train", *common, "--dataset", "synthetic", "--synthetic-size", "32", "--synthetic-length", "4",
+                 "--iters", "2", "--eval-split", "", "--out", str(tmp_path / "first")]) == 0
+    data = _folder_dataset(tmp_path / "data", ["background", "a", "b"])
+    out = tmp_path / "second"
+    assert main(["train", *common, "--dataset", "folder", "--data-root", str(data), "--iters", "3",
+                 "--init-from", str(tmp_path / "first" / "model.safetensors"), "--freeze", "backbone",
+                 "--lr-mult", "head=10", "--eval-split", "", "--out", str(out)]) == 0
+    assert "tensors matched, 2 re-initialised (classifier.bias, classifier.weight)" in capsys.readouterr().out
+    report = json.loads((out / "metrics.json").read_text())["init_from"]
+    assert sorted(report["reinitialised"]) == ["classifier.bias", "classifier.weight"]
+    first = atrous.load_checkpoint(str(tmp_path / "first" / "model.safetensors")).state_dict()
+    second = atrous.load_checkpoint(str(out / "model.safetensors")).state_dict()
+    backbone = [k for k in second if ".backbone." in f".{k}" or k.startswith("backbone.")]
+    assert backbone and all(torch.equal(first[k], second[k]) for k in backbone)  # weights and BN statistics
+    trained = [k for k in second if k not in backbone and not k.startswith("classifier.")
+               and "running" not in k and "num_batches" not in k and not torch.equal(first[k], second[k])]
+    assert trained  # the head moved
+    state = torch.load(out / "train_state.pt", weights_only=True)
+    assert [g["lr_mult"] for g in state["optimizer"]["param_groups"]] == [10.0]  # only the head trains
+
+
+def test_freeze_bn_keeps_every_statistic_and_lr_mult_scales_each_group(tmp_path):
+    from atrous.training import Trainer, TrainConfig
+
+    cfg = TrainConfig(model="deeplab_v3plus", backbone="resnet18", model_options={"decoder_channels": 32,
+                      "aspp_channels": 32}, dataset="synthetic", synthetic_size=32, synthetic_length=4, iters=2,
+                      batch_size=2, crop_size=32, out=str(tmp_path / "run"), progress=False, freeze_bn=True,
+                      lr_mult={"backbone": 0.1, "aspp": 5}, optimizer="sgd", lr=0.01, eval_split=None)
+    trainer = Trainer(cfg)
+    stats = {k: v.clone() for k, v in trainer.model.state_dict().items() if "running" in k}
+    trainer.run()
+    after = trainer.model.state_dict()
+    assert stats and all(torch.equal(v, after[k]) for k, v in stats.items())
+    lrs = {g["lr_mult"]: g["lr"] for g in trainer.optimizer.param_groups}
+    assert set(lrs) == {0.1, 1.0, 5.0}
+    assert lrs[5.0] == pytest.approx(5 * lrs[1.0]) and lrs[0.1] == pytest.approx(0.1 * lrs[1.0])
+    with pytest.raises(UserError, match="--lr-mult nope: not backbone, head or a parameter-name prefix"):
+        Trainer(TrainConfig(**{**cfg.__dict__, "lr_mult": {"nope": 2}, "out": str(tmp_path / "x")}))
+    with pytest.raises(UserError, match="--lr-mult head must be a finite number"):
+        TrainConfig(**{**cfg.__dict__, "lr_mult": {"head": float("nan")}}).validate()
