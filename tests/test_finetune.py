@@ -190,7 +190,7 @@ def test_fine_tuning_from_a_checkpoint_on_other_classes(tmp_path, capsys):
 
 
 def test_freeze_bn_keeps_every_statistic_and_lr_mult_scales_each_group(tmp_path):
-    from atrous.training import Trainer, TrainConfig
+    from atrous.training import TrainConfig, Trainer
 
     cfg = TrainConfig(model="deeplab_v3plus", backbone="resnet18", model_options={"decoder_channels": 32,
                       "aspp_channels": 32}, dataset="synthetic", synthetic_size=32, synthetic_length=4, iters=2,
