@@ -208,3 +208,44 @@ def test_freeze_bn_keeps_every_statistic_and_lr_mult_scales_each_group(tmp_path)
         Trainer(TrainConfig(**{**cfg.__dict__, "lr_mult": {"nope": 2}, "out": str(tmp_path / "x")}))
     with pytest.raises(UserError, match="--lr-mult head must be a finite number"):
         TrainConfig(**{**cfg.__dict__, "lr_mult": {"head": float("nan")}}).validate()
+
+
+@pytest.mark.parametrize("name", ["deeplab_v3", "deeplab_v3plus", "pspnet", "deeplab_v2"])
+def test_set_output_stride_is_the_model_built_at_that_stride(name):
+    """Trained at 16, evaluated at 8 (DeepLab v3, Sec. 4.1): the same weights in the model
+    create_model builds at 8 give exactly the same logits, ASPP rates doubled included."""
+    torch.manual_seed(0)
+    model = atrous.create_model(name, 4, backbone="resnet18", output_stride=16).eval()
+    reference = atrous.create_model(name, 4, backbone="resnet18", output_stride=8).eval()
+    reference.load_state_dict(model.state_dict())
+    x = torch.randn(1, 3, 53, 71)
+    with torch.no_grad():
+        at_16 = model(x)
+        assert model.set_output_stride(8) is model and model.config["output_stride"] == 8
+        assert torch.equal(model(x), reference(x))
+        assert not torch.allclose(at_16, model(x))  # the stride did change the computation
+    if name == "deeplab_v3":
+        rates = [m.dilation[0] for m in model.aspp.modules() if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+        assert rates == [12, 24, 36]
+
+
+def test_a_model_that_cannot_change_its_stride_says_so(tmp_path, capsys):
+    with pytest.raises(ValueError, match="model 'unet' cannot run at output stride 8"):
+        atrous.create_model("unet", 3, backbone="resnet18").set_output_stride(8)
+    atrous.save_checkpoint(atrous.create_model("unet", 3, backbone="resnet18"), str(tmp_path / "u.safetensors"))
+    code = main(["eval", "--checkpoint", str(tmp_path / "u.safetensors"), "--dataset", "synthetic",
+                 "--output-stride", "8", "--max-images", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--output-stride 8: model 'unet' cannot run at output stride 8" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_eval_at_output_stride_8_of_a_model_trained_at_16(tmp_path, capsys):
+    model = tiny(7)  # synthetic scenes have 7 classes
+    atrous.save_checkpoint(model, str(tmp_path / "m.safetensors"))
+    args = ["eval", "--checkpoint", str(tmp_path / "m.safetensors"), "--dataset", "synthetic", "--max-images", "2",
+            "--synthetic-size", "48", "--precision", "fp32", "--no-progress"]
+    assert main([*args, "--output-stride", "8", "--json", str(tmp_path / "m8.json")]) == 0
+    assert main([*args, "--json", str(tmp_path / "m16.json")]) == 0
+    at_8, at_16 = (json.loads((tmp_path / f).read_text()) for f in ("m8.json", "m16.json"))
+    assert at_8["inference"]["output_stride"] == 8 and at_16["inference"]["output_stride"] is None

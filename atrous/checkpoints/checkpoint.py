@@ -72,7 +72,8 @@ def read_checkpoint_header(path: str) -> dict[str, Any]:
     return header
 
 
-def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> SegmentationModel:
+def load_checkpoint(path: str, map_location: str | torch.device = "cpu", *,
+                    output_stride: int | None = None) -> SegmentationModel:
     """Rebuild the model saved at `path` (architecture, options, weights, meta); `path` may
     also be a pretrained folder or a Hub repo id (atrous.checkpoints.pretrained). A `.onnx`
     file written by `atrous export` (fp32 or int8) comes back as an onnxruntime-backed
@@ -104,4 +105,9 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu") -> Segm
         detail = first[1].strip() if len(first) > 1 else first[0]
         raise UserError(f"{path}: weights do not fit model '{config['name']}': {detail}") from err
     model.meta = header.get("meta", {})
+    if output_stride is not None and output_stride != config.get("output_stride"):
+        try:
+            model.set_output_stride(output_stride)
+        except ValueError as err:
+            raise UserError(f"--output-stride {output_stride}: {err}") from err
     return model.eval()

@@ -37,9 +37,10 @@ class EvalOptions(ViewOptions, CrfOptions):
     progress: bool = option(True, "no progress bar")
 
 
-def load_model(path: str, device: str | None) -> SegmentationModel:
-    """The checkpoint on this process's device (its own GPU under torchrun)."""
-    return load_checkpoint(path).to(rank_device(resolve_device(device)))
+def load_model(path: str, device: str | None, output_stride: int | None = None) -> SegmentationModel:
+    """The checkpoint on this process's device (its own GPU under torchrun), at
+    `output_stride` when given."""
+    return load_checkpoint(path, output_stride=output_stride).to(rank_device(resolve_device(device)))
 
 
 def run(opts: EvalOptions) -> dict[str, Any]:
@@ -58,7 +59,7 @@ def run(opts: EvalOptions) -> dict[str, Any]:
 
 def _evaluate(opts: EvalOptions) -> dict[str, Any]:
     views = opts.views()
-    model = load_model(opts.checkpoint, opts.device)
+    model = load_model(opts.checkpoint, opts.device, opts.output_stride)
     dataset = build_dataset(opts.dataset, opts.split, data_root=opts.data_root, num_classes=opts.num_classes,
                             synthetic_size=opts.synthetic_size)
     info = dataset.info
@@ -75,7 +76,8 @@ def _evaluate(opts: EvalOptions) -> dict[str, Any]:
     # an exported .onnx graph computes in its own precision (int8 or fp32), whatever --precision says
     precision = model.precision if isinstance(model, OnnxModel) else opts.precision
     metrics["inference"] = {"precision": precision, "scales": list(views.scales), "flip": views.flip,
-                            "window": views.window, "stride": views.stride}
+                            "window": views.window, "stride": views.stride,
+                            "output_stride": (model.config or {}).get("output_stride")}
     return metrics
 
 

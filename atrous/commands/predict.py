@@ -32,7 +32,7 @@ def run(opts: PredictOptions) -> list[str]:
     check_options(opts)
     views = opts.views()
     require_writable_folder(opts.out, "--out")
-    model = load_model(opts.checkpoint, opts.device)
+    model = load_model(opts.checkpoint, opts.device, opts.output_stride)
     crf = build_crf(opts.crf, model, opts.crf_params)
     written = predict(model, opts.inputs, opts.out, crf=crf, precision=opts.precision, views=views,
                       batch_size=opts.batch_size, save=opts.save, progress=opts.progress)

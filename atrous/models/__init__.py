@@ -14,6 +14,7 @@ from atrous.models.registry import (
     model_options,
     model_summaries,
     register_model,
+    set_output_stride,
 )
 
 # a new family is a new file whose models carry @register_model: nothing to list here
@@ -28,4 +29,5 @@ __all__ = [
     "model_options",
     "model_summaries",
     "register_model",
+    "set_output_stride",
 ]

@@ -54,6 +54,15 @@ class SegmentationModel(nn.Module):
 
         return importlib.import_module("atrous.checkpoints.pretrained").save_pretrained(self, directory, **card)
 
+    def set_output_stride(self, output_stride: int) -> SegmentationModel:
+        """Run at another output stride with the same weights (DeepLab v3's evaluation at 8 of
+        a model trained at 16): exactly the model create_model builds at that stride. The
+        registry rebuilds it (atrous.models.registry.set_output_stride), reached by name as
+        the registry sits beside this base class and imports it."""
+        import importlib
+
+        return importlib.import_module("atrous.models.registry").set_output_stride(self, output_stride)
+
     def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 

@@ -32,6 +32,8 @@ class ServeConfig:
     precision: str = option("fp32", "auto: bf16 where the CPU has native bf16 and on CUDA, fp32 elsewhere",
                             choices=PRECISIONS)
     device: str | None = option(None, "auto, cpu, cuda, cuda:1, ...")
+    output_stride: int | None = option(None, "run the model at this output stride with its own weights; default: "
+                                       "as trained", choices=(8, 16, 32))
 
 
 def require_serve_extra() -> None:
@@ -63,7 +65,7 @@ def build_app(config: ServeConfig) -> Any:
     from atrous.serve.app import Limits, create_app
     from atrous.serve.segment import Segmenter
 
-    model = load_checkpoint(config.checkpoint).to(resolve_device(config.device))
+    model = load_checkpoint(config.checkpoint, output_stride=config.output_stride).to(resolve_device(config.device))
     params_kind = None
     if config.crf_params:
         params_kind = read_mapping_file(config.crf_params, "--crf-params").get("kind", "dense")
