@@ -249,3 +249,31 @@ def test_eval_at_output_stride_8_of_a_model_trained_at_16(tmp_path, capsys):
     assert main([*args, "--json", str(tmp_path / "m16.json")]) == 0
     at_8, at_16 = (json.loads((tmp_path / f).read_text()) for f in ("m8.json", "m16.json"))
     assert at_8["inference"]["output_stride"] == 8 and at_16["inference"]["output_stride"] is None
+
+
+@pytest.mark.parametrize("coarse, fine", [("fcn32s", "fcn16s"), ("fcn16s", "fcn8s")])
+def test_fcn_staged_training_starts_where_the_previous_stage_ended(tmp_path, coarse, fine):
+    """Long et al., Sec. 4.2: FCN-16s is initialised from a trained FCN-32s (8s from 16s) and
+    its new skip score layers start at zero, "so that the net starts with unmodified
+    predictions". Here: every shared tensor is loaded, the new score layers add exactly zero,
+    and the coarse scores are the previous stage's exactly. The logits then differ only by
+    the interpolation path (2x then 16x bilinear instead of 32x, as in the paper's nets)."""
+    torch.manual_seed(0)
+    trained = atrous.create_model(coarse, 4).eval()
+    with torch.no_grad():
+        for parameter in trained.parameters():  # "trained": skip scores no longer zero, in 16s
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    atrous.save_checkpoint(trained, str(tmp_path / "coarse.safetensors"))
+    model = atrous.create_model(fine, 4).eval()
+    report = atrous.load_weights(model, str(tmp_path / "coarse.safetensors"))
+    new_skip = len(model.skips) - 1  # the score layer this stage adds
+    assert f"score_skips.{new_skip}.weight" in report.missing and not report.unused
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        features = model.backbone(torch.nn.functional.pad(x, (0, 6, 0, 26)))
+        assert torch.equal(model.head(features[-1]), trained.head(trained.backbone(
+            torch.nn.functional.pad(x, (0, 6, 0, 26)))[-1]))
+        index = model.skips[new_skip]
+        assert torch.count_nonzero(model.score_skips[new_skip](features[index - 2])) == 0
+    with pytest.raises(UserError, match="needs the same architecture or its family"):
+        atrous.load_weights(atrous.create_model("segnet", 4), str(tmp_path / "coarse.safetensors"))

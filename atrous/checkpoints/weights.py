@@ -18,7 +18,7 @@ import torch
 
 from atrous.checkpoints.sources import resolve_source
 from atrous.errors import UserError
-from atrous.models import SegmentationModel
+from atrous.models import SegmentationModel, model_family
 
 
 @dataclass
@@ -90,9 +90,9 @@ def load_weights(model: SegmentationModel, source: str, *, strict: bool = False)
     another architecture, is a one-line UserError."""
     state, header = read_source(source)
     name = (model.config or {}).get("name")
-    if header is not None and name and header["model"]["name"] != name:
+    if header is not None and name and not same_family(header["model"]["name"], name):
         raise UserError(f"{source} holds a '{header['model']['name']}' model, not '{name}'; "
-                        "--init-from needs the same architecture")
+                        "--init-from needs the same architecture or its family (fcn32s -> fcn16s -> fcn8s)")
     own = model.state_dict()
     prefix = "" if any(k in own for k in state) else _best_prefix(own, state)
     report = LoadReport(source=source, prefix=prefix)
@@ -114,6 +114,17 @@ def load_weights(model: SegmentationModel, source: str, *, strict: bool = False)
         raise UserError(f"{source} does not fit exactly (strict): {report.line()}")
     model.load_state_dict(merged)
     return report
+
+
+def same_family(source_name: str, model_name: str) -> bool:
+    """The same model, or one of the same family file (FCN-32s -> 16s -> 8s, the papers'
+    staged training; DeepLab v3 -> v3+), whose shared layers carry the same names."""
+    if source_name == model_name:
+        return True
+    try:
+        return model_family(source_name) == model_family(model_name)
+    except ValueError:  # a model this installation does not know
+        return False
 
 
 def _best_prefix(own: dict[str, torch.Tensor], state: dict[str, torch.Tensor]) -> str:

@@ -46,6 +46,11 @@ def model_summaries() -> dict[str, str]:
     return dict(sorted(_SUMMARIES.items()))
 
 
+def model_family(name: str) -> str:
+    """The family file of model `name` ("atrous.models.fcn" for fcn32s, fcn16s and fcn8s)."""
+    return _get_builder(name).__module__
+
+
 def describe_model(name: str) -> str:
     """What `atrous models NAME` prints: the summary, the model's docstring (the paper, its
     deviations and an `Args:` block of its options) and each option with its default."""
