@@ -277,3 +277,55 @@ def test_fcn_staged_training_starts_where_the_previous_stage_ended(tmp_path, coa
         assert torch.count_nonzero(model.score_skips[new_skip](features[index - 2])) == 0
     with pytest.raises(UserError, match="needs the same architecture or its family"):
         atrous.load_weights(atrous.create_model("segnet", 4), str(tmp_path / "coarse.safetensors"))
+
+
+def test_from_torchvision_reads_published_weights_from_torchs_cache(tmp_path, monkeypatch):
+    """atrous.from_torchvision(name, weights="DEFAULT") goes through torchvision's weights
+    API; torch.hub loads $TORCH_HOME/hub/checkpoints/<the URL's file name> without any
+    download when it is there, which is where this test puts a state dict of its own."""
+    import os
+
+    import torchvision
+    from torchvision.models import get_model_weights
+
+    name = "lraspp_mobilenet_v3_large"
+    torch.manual_seed(0)
+    reference = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=21).eval()
+    url = get_model_weights(name).DEFAULT.url
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    cache = tmp_path / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    torch.save(reference.state_dict(), cache / os.path.basename(url))
+    model = atrous.from_torchvision(name, weights="DEFAULT").eval()
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        assert torch.allclose(model(x), reference(x)["out"], atol=1e-5)
+    with pytest.raises(ValueError, match="has no weights 'NOPE'; choose one of: DEFAULT"):
+        atrous.from_torchvision(name, weights="NOPE")
+    with pytest.raises(ValueError, match="not both or neither"):
+        atrous.from_torchvision(name)
+
+
+def test_init_from_torchvision_published_weights_onto_other_classes(tmp_path, monkeypatch):
+    """--init-from torchvision:NAME: torchvision's published model, converted, loaded into
+    the atrous model being fine-tuned (here 3 classes instead of 21: the classifier anew)."""
+    import os
+
+    import torchvision
+    from torchvision.models import get_model_weights
+
+    name = "lraspp_mobilenet_v3_large"
+    torch.manual_seed(0)
+    published = torchvision.models.get_model(name, weights=None, weights_backbone=None, num_classes=21)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    (tmp_path / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(published.state_dict(), tmp_path / "hub" / "checkpoints" / os.path.basename(
+        get_model_weights(name).DEFAULT.url))
+    reference = atrous.from_torchvision(name, weights="DEFAULT")
+    config = reference.config
+    model = atrous.create_model(config["name"], 3, backbone=config["backbone"], **config["options"])
+    report = atrous.load_weights(model, f"torchvision:{name}")
+    assert report.reinitialised and all("classifier" in k for k in report.reinitialised)
+    assert not report.unused and not report.missing
+    with pytest.raises(UserError, match="torchvision:nope: from_torchvision supports"):
+        atrous.load_weights(model, "torchvision:nope")

@@ -48,9 +48,15 @@ class LoadReport:
         return asdict(self)
 
 
+TORCHVISION = "torchvision:"
+
+
 def read_source(source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
     """(state dict, atrous header or None) of a checkpoint file, a pretrained folder, a Hub
-    repo id or a plain state-dict file."""
+    repo id, a plain state-dict file, or "torchvision:NAME[:WEIGHTS]" (torchvision's
+    published weights, DEFAULT unless named, as the equivalent atrous model's tensors)."""
+    if source.startswith(TORCHVISION):
+        return _torchvision(source)
     path = resolve_source(source)
     if path.endswith(".safetensors"):
         from safetensors import SafetensorError, safe_open
@@ -72,6 +78,19 @@ def read_source(source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any] | 
     except Exception as err:  # pickle, zip and the like: say which file, in one line
         raise UserError(f"{source}: cannot read weights ({str(err).strip().splitlines()[0]})") from err
     return _unwrap(loaded, source), None
+
+
+def _torchvision(source: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    from atrous.models.torchvision_compat import from_torchvision
+
+    name, _, weights = source.removeprefix(TORCHVISION).partition(":")
+    try:
+        model = from_torchvision(name, weights=weights or "DEFAULT")
+    except ValueError as err:
+        raise UserError(f"{source}: {err}") from err
+    except Exception as err:  # the download failed (offline, no space): one line
+        raise UserError(f"{source}: cannot fetch torchvision's weights ({str(err).strip().splitlines()[0]})") from err
+    return model.state_dict(), {"model": model.config}
 
 
 def _unwrap(loaded: Any, source: str) -> dict[str, torch.Tensor]:

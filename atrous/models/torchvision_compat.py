@@ -108,6 +108,19 @@ def _rename_by_order(source: list[str], target: list[str], state_dict: Mapping[s
     return dict(zip(source, target, strict=True))
 
 
+def published_state_dict(name: str, weights: str) -> Mapping[str, torch.Tensor]:
+    """torchvision's published weights `weights` of model `name`, through its weights API."""
+    from torchvision.models import get_model_weights
+
+    enum = get_model_weights(name)
+    try:
+        entry = enum.DEFAULT if weights == "DEFAULT" else enum[weights]
+    except KeyError as err:
+        known = ", ".join(["DEFAULT", *(w.name for w in enum)])
+        raise ValueError(f"{name} has no weights '{weights}'; choose one of: {known}") from err
+    return entry.get_state_dict(progress=False)
+
+
 def _build(name: str, state_dict: Mapping[str, torch.Tensor], num_classes: int, aux: bool) -> SegmentationModel:
     family, backbone = name.split("_", 1)
     if family == "fcn":
@@ -139,11 +152,19 @@ def _renames(name: str, state_dict: Mapping[str, torch.Tensor], model: Segmentat
     return {key: rename(key) for key in keys}
 
 
-def from_torchvision(name: str, state_dict: Mapping[str, torch.Tensor]) -> SegmentationModel:
+def from_torchvision(name: str, state_dict: Mapping[str, torch.Tensor] | None = None, *,
+                     weights: str | None = None) -> SegmentationModel:
     """The atrous model equivalent to torchvision's segmentation model `name`, carrying the
-    weights of `state_dict` (the torchvision model's `state_dict()`)."""
+    weights of `state_dict` (the torchvision model's `state_dict()`), or of torchvision's
+    published `weights` ("DEFAULT", "COCO_WITH_VOC_LABELS_V1", ...), fetched through
+    torchvision's weights API: downloaded once into $TORCH_HOME/hub/checkpoints, read from
+    there afterwards (no network needed when the file is there)."""
     if name not in SUPPORTED:
         raise ValueError(f"from_torchvision supports {', '.join(SUPPORTED)}; got '{name}'")
+    if (state_dict is None) == (weights is None):
+        raise ValueError("give from_torchvision a state_dict or weights=..., not both or neither")
+    if weights is not None:
+        state_dict = published_state_dict(name, weights)
     classifier_key = "classifier.high_classifier.weight" if name.startswith("lraspp") else "classifier.4.weight"
     if classifier_key not in state_dict:
         raise ValueError(f"state dict for {name} has no '{classifier_key}'; is it torchvision's?")

@@ -42,7 +42,8 @@ class TrainConfig:
     num_classes: int | None = option(None, "folder datasets without classes.json", ge=1)
     # starting from trained weights
     init_from: str | None = option(None, "start from trained weights: an atrous checkpoint, a pretrained folder, "
-                                   "a Hub repo id or a torchvision/timm state-dict file (a new run: new "
+                                   "a Hub repo id, torchvision:NAME[:WEIGHTS] (torchvision's published "
+                                   "weights) or a torchvision/timm state-dict file (a new run: new "
                                    "optimiser and schedule; tensors whose shape changed with the class count "
                                    "start anew, reported in metrics.json; --resume continues from the run's "
                                    "own state instead)")
