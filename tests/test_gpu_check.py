@@ -1,0 +1,57 @@
+"""benchmarks/gpu_check.py, the check prepared for a lent GPU, works before a GPU is at hand:
+its --dry-run runs every row (CRFs, training steps, inference, two processes) at toy size on
+the CPU and writes the JSON and the markdown table."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import REPO
+
+ROW_IDS = ("a1", "a2", "a3", "a4", "b1", "b2", "b3", "c1", "c2", "d1")
+
+
+def _positive(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+def test_gpu_check_dry_run_fills_every_row(tmp_path: Path) -> None:
+    out_json, out_md = tmp_path / "gpu_check.json", tmp_path / "gpu_check.md"
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_check.py"), "--dry-run", "--json", str(out_json),
+         "--markdown", str(out_md), "--timeout-s", "240"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+
+    result = json.loads(out_json.read_text())
+    assert result["dry_run"] is True
+    rows = {row["id"]: row for row in result["rows"]}
+    assert sorted(rows) == sorted(ROW_IDS)
+    assert {row["section"] for row in rows.values()} == {"a", "b", "c", "d"}
+    for row_id, row in rows.items():
+        for key in ("device", "torch", "precision", "shapes", "repeats"):
+            assert row[key], f"{row_id}: no {key}"
+        assert row["status"] in ("ran", "skipped"), row
+        if row["status"] == "ran":
+            assert _positive(row["median_s"]) and all(_positive(t) for t in row["times"]), row
+            if row["peer_median_s"] is not None:
+                assert _positive(row["peer_median_s"]), row
+                assert math.isclose(row["speedup"], row["peer_median_s"] / row["median_s"]), row
+            else:
+                assert row["peer_reason"], row
+        else:
+            assert isinstance(row["reason"], str) and row["reason"].strip(), row
+            # a budget may run out on a loaded machine; a step that breaks is a bug
+            assert not row["reason"].startswith("failed"), row
+
+    table = out_md.read_text()
+    for row_id in ROW_IDS:
+        lines = [line for line in table.splitlines() if line.startswith(f"| {row_id} |")]
+        assert len(lines) == 1, (row_id, table)
+        assert f"| {rows[row_id]['status']} |" in lines[0]
+    assert table.strip() in proc.stdout  # the table is printed at the end
