@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -95,7 +94,11 @@ def main() -> None:
     data = merged_folder(args.data_root, args.work / "camvid_merged")
     source_dir = args.work / "source"
     rows = {}
-    if not (source_dir / "model.safetensors").is_file():
+    if (source_dir / "metrics.json").is_file():  # trained by an earlier run of this script
+        saved = json.loads((source_dir / "metrics.json").read_text())
+        rows["source"] = {"miou": saved["seq_test"]["mIoU"], "per_class_iou": saved["seq_test"]["per_class_iou"],
+                          "train_seconds": saved["train"]["seconds"], "precision": saved["train"]["precision"]}
+    else:
         rows["source"] = run(TrainConfig(**RECIPE, dataset="camvid", data_root=args.data_root, train_split="seq_train",
                                          eval_split="seq_test", class_weights="sqrt_median_frequency", lr=1e-3,
                                          iters=args.source_iters, out=str(source_dir), overwrite=True))

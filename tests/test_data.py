@@ -240,3 +240,29 @@ def test_folder_dataset_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="classes.json"):
         FolderDataset(str(root))
     assert FolderDataset(str(root), num_classes=3).info.num_classes == 3
+
+
+def test_folder_dataset_labels_feed_class_weights(tmp_path):
+    """--class-weights on a folder dataset: its labels() yields the masks with void as 255,
+    so the weights are those of the label counts by hand (median frequency, Eigen & Fergus)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from atrous.data import FolderDataset
+    from atrous.data.weights import class_weights
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    masks = [np.array([[0, 0, 1, 9]], np.uint8), np.array([[1, 1, 1, 2]], np.uint8)]  # 9: this folder's void
+    for i, mask in enumerate(masks):
+        Image.fromarray(np.zeros((1, 4, 3), np.uint8)).save(tmp_path / "images" / f"{i}.png")
+        Image.fromarray(mask).save(tmp_path / "masks" / f"{i}.png")
+    (tmp_path / "classes.json").write_text(json.dumps({"classes": ["a", "b", "c"], "ignore_index": 9}))
+    dataset = FolderDataset(str(tmp_path), "train")
+    labels = list(dataset.labels())
+    assert [m.tolist() for m in labels] == [[[0, 0, 1, 255]], [[1, 1, 1, 2]]]
+    # freq: a 2/4 (one image of 4 pixels), b 4/8, c 1/4; median 0.5
+    weights = class_weights("median_frequency", labels, 3)
+    assert weights.tolist() == pytest.approx([1.0, 1.0, 2.0])

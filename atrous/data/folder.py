@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -36,6 +37,12 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def labels(self) -> Iterator[np.ndarray]:
+        """Every label map with void as 255, for --class-weights; images are not read."""
+        for _, mask_path in self.items:
+            mask = read_mask(mask_path)
+            yield np.where(mask == self.source_void, IGNORE_INDEX, mask) if self.source_void != IGNORE_INDEX else mask
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.items[index]
