@@ -237,7 +237,8 @@ def test_eval_and_predict_take_views(capsys, tmp_path, tiny_checkpoint):
                        "--no-progress")
     assert code == 0 and "mIoU" in out
     assert json.loads(metrics_file.read_text())["inference"] == {
-        "precision": "fp32", "scales": [0.75, 1.0], "flip": True, "window": [32, 40], "stride": [16, 16]}
+        "precision": "fp32", "scales": [0.75, 1.0], "flip": True, "window": [32, 40], "stride": [16, 16],
+        "output_stride": None}  # as trained (the paper's default); --output-stride 8 records 8
     image = tmp_path / "scene.png"
     Image.fromarray(np.full((21, 35, 3), 90, np.uint8)).save(image)
     code, _, _ = run(capsys, "predict", "--checkpoint", str(tiny_checkpoint), str(image), "--out", str(tmp_path / "p"),
