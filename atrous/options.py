@@ -53,7 +53,6 @@ class Option:
     le: float | None = None
     lt: float | None = None
     flag: str | None = None  # the flag's name when it is not --<field-name>
-    aliases: tuple[str, ...] = ()  # further names of the same flag
     other: str | None = None  # a bool's second flag, setting the opposite (--no-sync-bn, --dynamic)
     metavar: str | None = None
     nargs: str | int | None = None  # lists: "+", "*" or a count
@@ -61,7 +60,6 @@ class Option:
     positional: bool = False
     cli: bool = True  # False: a config-file key only
     show_default: bool = True  # False where the default is explained in the help itself
-    parse: Callable[[str], Any] | None = None  # argparse `type` for one command-line value
     append: bool = False  # a repeatable flag: a list of its values (a dict for KEY=VALUE pairs)
 
     def choice_names(self) -> tuple[Any, ...] | None:
@@ -169,7 +167,7 @@ def _add_flag(parser: Any, item: Declared, defaults: bool) -> None:
     if base is bool:
         main = opt.flag or (f"--no-{name.replace('_', '-')}" if default is True else flag_name(spec, opt))
         action = "store_false" if default is True else "store_true"
-        parser.add_argument(main, *opt.aliases, action=action, **kwargs)
+        parser.add_argument(main, action=action, **kwargs)
         if opt.other:  # --sync-bn / --no-sync-bn, --static / --dynamic: one dest, both states explicit
             opposite = "store_true" if action == "store_false" else "store_false"
             parser.add_argument(opt.other, action=opposite, **dict(kwargs, help=f"the opposite of {main}"))
@@ -179,12 +177,12 @@ def _add_flag(parser: Any, item: Declared, defaults: bool) -> None:
         if not defaults:
             kwargs["default"] = argparse.SUPPRESS
         pairs = base is dict
-        parser.add_argument(flag_name(spec, opt), *opt.aliases, action="append",
-                            type=key_value if pairs else (opt.parse or item.element),
+        parser.add_argument(flag_name(spec, opt), action="append",
+                            type=key_value if pairs else item.element,
                             metavar=opt.metavar or ("KEY=VALUE" if pairs else None), **kwargs)
         return
     choices = opt.choice_names()
-    kwargs.update(type=opt.parse or item.element, metavar=opt.metavar)
+    kwargs.update(type=item.element, metavar=opt.metavar)
     if choices is not None:  # listed in the usage; checked by check_options, with every choice in the error
         kwargs.update(metavar=opt.metavar or "{" + ",".join(map(str, choices)) + "}")
     if opt.nargs is not None:
@@ -195,7 +193,7 @@ def _add_flag(parser: Any, item: Declared, defaults: bool) -> None:
         return
     if default is dataclasses.MISSING and defaults:
         kwargs["required"] = True
-    parser.add_argument(flag_name(spec, opt), *opt.aliases, **kwargs)
+    parser.add_argument(flag_name(spec, opt), **kwargs)
 
 
 def key_value(text: str) -> tuple[str, Any]:
