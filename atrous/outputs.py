@@ -107,10 +107,11 @@ def npy_stream(path: str) -> Iterator[Callable[[object], None]]:
         write_atomic(path, write)
 
 
-def require_writable_folder(folder: str, option: str, *, named: str | None = None) -> None:
+def require_writable_folder(folder: str, option: str, *, named: str | None = None, keep: bool = False) -> None:
     """Refuses, in one line naming `option` (and `named`, the path the user gave, where the
     folder is that path's parent), a folder that cannot be created or written, before any
-    work starts. Leaves nothing behind: folders it had to make to try are removed again."""
+    work starts. Leaves nothing behind: folders it had to make to try are removed again,
+    unless `keep` (a run that writes there next: no window in which it is gone again)."""
     shown = named or folder
     existing = os.path.abspath(folder)
     while not os.path.exists(existing):
@@ -125,7 +126,7 @@ def require_writable_folder(folder: str, option: str, *, named: str | None = Non
         raise UserError(f"{option} {shown} cannot be written: {err.strerror or err}") from err
     finally:
         made = os.path.abspath(folder)
-        while made != existing and os.path.isdir(made) and not os.listdir(made):
+        while not keep and made != existing and os.path.isdir(made) and not os.listdir(made):
             os.rmdir(made)
             made = os.path.dirname(made)
 

@@ -161,7 +161,10 @@ class Trainer:
 
     def _check_out_dir(self) -> None:
         cfg = self.cfg
-        require_writable_folder(cfg.out, "--out")
+        if self.world.is_main:  # rank 0 alone writes the run's files (and makes the folder)
+            require_writable_folder(cfg.out, "--out", keep=True)
+        elif os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+            raise UserError(f"--out {cfg.out} exists and is not a folder")
         if cfg.resume:
             if not os.path.isfile(self.state_path):
                 raise UserError(f"--resume: no training state in {cfg.out} (expected {self.state_path})")
