@@ -13,54 +13,13 @@ import numpy as np
 import torch
 
 import atrous
-from atrous.layers.refinenet import ChainedResidualPooling, MultiResolutionFusion, RefineNetBlock, ResidualConvUnit
-
-
-def conv(x: np.ndarray, weight: torch.Tensor, bias: torch.Tensor | None = None) -> np.ndarray:
-    """'Same' cross-correlation of (C, H, W) with (O, C, k, k), zero padding, stride 1."""
-    w = weight.detach().double().numpy()
-    k = w.shape[-1]
-    pad = k // 2
-    _, height, width = x.shape
-    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad)))
-    out = np.zeros((w.shape[0], height, width))
-    for u in range(k):
-        for v in range(k):
-            out += np.einsum("oc,chw->ohw", w[:, :, u, v], padded[:, u : u + height, v : v + width])
-    if bias is not None:
-        out += bias.detach().double().numpy()[:, None, None]
-    return out
-
-
-def max_pool(x: np.ndarray, k: int = 5) -> np.ndarray:
-    """k x k max pooling, stride 1, the window clipped at the border."""
-    pad = k // 2
-    _, height, width = x.shape
-    padded = np.pad(x, ((0, 0), (pad, pad), (pad, pad)), constant_values=-np.inf)
-    windows = [padded[:, u : u + height, v : v + width] for u in range(k) for v in range(k)]
-    return np.max(windows, axis=0)
-
-
-def interpolation_matrix(out_size: int, in_size: int) -> np.ndarray:
-    """Rows of bilinear weights with half-pixel centres (align_corners=False)."""
-    matrix = np.zeros((out_size, in_size))
-    for i in range(out_size):
-        source = max((i + 0.5) * in_size / out_size - 0.5, 0.0)
-        low = min(int(np.floor(source)), in_size - 1)
-        high = min(low + 1, in_size - 1)
-        fraction = source - low
-        matrix[i, low] += 1 - fraction
-        matrix[i, high] += fraction
-    return matrix
-
-
-def bilinear(x: np.ndarray, height: int, width: int) -> np.ndarray:
-    rows, cols = interpolation_matrix(height, x.shape[1]), interpolation_matrix(width, x.shape[2])
-    return np.einsum("ih,chw,jw->cij", rows, x, cols)
-
-
-def relu(x: np.ndarray) -> np.ndarray:
-    return np.maximum(x, 0)
+from atrous.layers.refinenet import (
+    ChainedResidualPooling,
+    MultiResolutionFusion,
+    RefineNetBlock,
+    ResidualConvUnit,
+)
+from tests.by_hand import bilinear, conv, max_pool, relu, softmax
 
 
 def randomise(module: torch.nn.Module, seed: int = 0) -> None:
@@ -170,7 +129,7 @@ def test_attention_to_scale_sums_scales_with_softmax_weights_by_hand() -> None:
     attention = model.attention
     hidden = relu(conv(np.concatenate(features), attention[0].weight, attention[0].bias))
     logits = conv(hidden, attention[3].weight, attention[3].bias)  # (2, h, w), one per scale
-    weights = np.exp(logits - logits.max(axis=0)) / np.exp(logits - logits.max(axis=0)).sum(axis=0)
+    weights = softmax(logits)
     expected = weights[0] * scores[0] + weights[1] * scores[1]
     assert np.abs(weights[0] - 0.5).max() > 0.05, "the test needs weights that differ from a mean"
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
