@@ -17,6 +17,7 @@ from atrous.crf import (
     fit_crf,
     pixel_features,
 )
+from tests.by_hand import bilinear, softmax
 
 
 def scene(h: int, w: int, batch: int = 1, seed: int = 0) -> torch.Tensor:
@@ -227,12 +228,139 @@ def test_conv_gradcheck_all_parameters(blur):
 
 
 def test_conv_config_roundtrip():
-    crf = ConvCRF(compatibility="matrix", num_classes=5, trainable_kernels=True)
+    crf = ConvCRF(compatibility="matrix", num_classes=5, trainable_kernels=True, message_weight=0.3,
+                  appearance_positions=False)
     rebuilt = crf_from_config(crf.config())
     assert isinstance(rebuilt, ConvCRF) and rebuilt.config() == crf.config()
     rebuilt.load_state_dict(crf.state_dict())
     with pytest.raises(ValueError, match="kind"):
         crf_from_config({"kind": "banana"})
+
+
+# -- ConvCRF against the reference implementation's formulation ----------------------------
+# Teichmann & Cipolla's convcrf.py, written out here in NumPy: per kernel, the Gaussian of the
+# feature difference to every offset of a k x k window (the centre included, zero outside the
+# image), on features average-pooled by `blur` with the pooling grid padded on both sides
+# (count_include_pad=False); the message pools Q, sums the window, upsamples bilinearly by
+# `blur` and crops; "sym" normalisation multiplies input and output by 1/sqrt(filter(ones)) at
+# full resolution; energy = log U + sum_k compat_k M_k, or (1 - w) log U + w M with the blend.
+
+
+def _reference_pool(x: np.ndarray, blur: int) -> np.ndarray:
+    """(C, H, W) -> (C, ceil(H/b), ceil(W/b)): the mean over each cell of a grid shifted by
+    ceil(pad/2), cells clipped to the image."""
+    if blur == 1:
+        return x
+    _, h, w = x.shape
+    starts = [[i * blur - -(-((blur - n % blur) % blur) // 2) for i in range(-(-n // blur))] for n in (h, w)]
+    out = np.zeros((x.shape[0], len(starts[0]), len(starts[1])))
+    for i, top in enumerate(starts[0]):
+        for j, left in enumerate(starts[1]):
+            out[:, i, j] = x[:, max(top, 0) : top + blur, max(left, 0) : left + blur].mean(axis=(1, 2))
+    return out
+
+
+def _reference_window(features: np.ndarray, k: int) -> dict[tuple[int, int], np.ndarray]:
+    """{offset: (h, w) exp(-|f_p - f_{p+o}|^2 / 2), 0 where p + o is outside}."""
+    _, h, w = features.shape
+    span = k // 2
+    window = {}
+    for dy in range(-span, span + 1):
+        for dx in range(-span, span + 1):
+            g = np.zeros((h, w))
+            for y in range(max(0, -dy), min(h, h - dy)):
+                for x in range(max(0, -dx), min(w, w - dx)):
+                    diff = features[:, y, x] - features[:, y + dy, x + dx]
+                    g[y, x] = np.exp(-0.5 * (diff * diff).sum())
+            window[dy, dx] = g
+    return window
+
+
+def _reference_filter(q: np.ndarray, window: dict, blur: int, size: tuple[int, int]) -> np.ndarray:
+    low = _reference_pool(q, blur)
+    _, h, w = low.shape
+    message = np.zeros_like(low)
+    for (dy, dx), g in window.items():
+        shifted = np.zeros_like(low)
+        shifted[:, max(0, -dy) : min(h, h - dy), max(0, -dx) : min(w, w - dx)] = low[
+            :, max(0, dy) : min(h, h + dy), max(0, dx) : min(w, w + dx)
+        ]
+        message += g * shifted
+    if blur == 1:
+        return message
+    pad = [-(-((blur - n % blur) % blur) // 2) for n in size]
+    up = bilinear(message, h * blur, w * blur)
+    return up[:, pad[0] : pad[0] + size[0], pad[1] : pad[1] + size[1]]
+
+
+def reference_convcrf(logits, image, *, k, blur, pos_sdims, col_sdims, col_schan, pos_compat, col_compat,
+                      iterations, norm="sym", use_bias=True, weight=None, first_on_log=False) -> np.ndarray:
+    unary, rgb = logits[0].double().numpy(), image[0].double().numpy()
+    _, h, w = unary.shape
+    mesh = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij")).astype(float)
+    colour = rgb / col_schan
+    kernels = [(mesh / pos_sdims, pos_compat), (np.concatenate([mesh / col_sdims, colour]) if use_bias else colour, col_compat)]
+    filters = []
+    for features, compat in kernels:
+        window = _reference_window(_reference_pool(features, blur), k)
+        scale = 1 / np.sqrt(_reference_filter(np.ones((1, h, w)), window, blur, (h, w)) + 1e-20) if norm == "sym" else 1.0
+        filters.append((window, compat, scale))
+    log_unary = np.log(softmax(unary))
+    prediction = log_unary if first_on_log else softmax(log_unary)
+    for i in range(iterations):
+        message = sum(c * s * _reference_filter(prediction * s, win, blur, (h, w)) for win, c, s in filters)
+        energy = log_unary + message if weight is None else (1 - weight) * log_unary + weight * message
+        prediction = softmax(energy) if i < iterations - 1 else energy
+    return np.log(softmax(prediction))
+
+
+CONV_CASE = dict(pos_sdims=1.5, col_sdims=2.0, col_schan=20.0, pos_compat=3.0, col_compat=2.0)  # small widths
+
+
+def _conv_case(h: int = 9, w: int = 11):
+    image = scene(h, w, seed=3)
+    return noisy_logits(image, 3, seed=3), image
+
+
+def _atrous_conv(logits, image, *, k, blur, iterations, **options):
+    crf = ConvCRF(num_iterations=iterations, filter_size=k, blur=blur, pos_xy_std=CONV_CASE["pos_sdims"],
+                  pos_w=CONV_CASE["pos_compat"], bi_xy_std=CONV_CASE["col_sdims"], bi_rgb_std=CONV_CASE["col_schan"],
+                  bi_w=CONV_CASE["col_compat"], **options).double()
+    with torch.no_grad():
+        return crf(logits.double(), image.double())[0].numpy()
+
+
+@pytest.mark.parametrize(
+    "blur,norm,options",
+    [(1, "sym", {}), (1, "none", {"normalization": "none"}),
+     (1, "sym", {"message_weight": 0.2, "appearance_positions": False}),
+     (2, "none", {"normalization": "none"}), (2, "none", {"normalization": "none", "message_weight": 0.2})],
+)
+def test_conv_matches_the_reference_formulation(blur, norm, options):
+    logits, image = _conv_case(8, 10)  # a multiple of both blurs
+    weight = options.get("message_weight")
+    expected = reference_convcrf(logits, image, k=5, blur=blur, iterations=3, norm=norm, weight=weight,
+                                 use_bias=options.get("appearance_positions", True), **CONV_CASE)
+    got = _atrous_conv(logits, image, k=5, blur=blur, iterations=3, **options)
+    assert np.abs(expected - np.log(softmax(logits[0].double().numpy()))).max() > 0.1  # the CRF acts
+    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-7)
+
+
+@pytest.mark.parametrize("difference", ["first_message_on_log_probabilities", "sym_norm_with_blur", "size_not_multiple"])
+def test_conv_differences_from_the_reference_code_show(difference):
+    """What atrous does not copy from convcrf.py, each shown to change the output: the first
+    message on log-probabilities (the reference's `if conf['softmax'] and False`), symmetric
+    normalisation at full resolution when blur > 1 (atrous: on the pooled grid), and a grid
+    padded on both sides when the size is not a multiple of blur (atrous: at the end)."""
+    size = (9, 11) if difference == "size_not_multiple" else (8, 10)
+    logits, image = _conv_case(*size)
+    blur = 1 if difference == "first_message_on_log_probabilities" else 2
+    norm = "sym" if difference != "size_not_multiple" else "none"
+    options = {} if norm == "sym" else {"normalization": "none"}
+    expected = reference_convcrf(logits, image, k=5, blur=blur, iterations=3, norm=norm,
+                                 first_on_log=difference == "first_message_on_log_probabilities", **CONV_CASE)
+    got = _atrous_conv(logits, image, k=5, blur=blur, iterations=3, **options)
+    assert np.abs(got - expected).max() > 1e-3
 
 
 # -- fitting -----------------------------------------------------------------------------

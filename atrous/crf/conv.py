@@ -16,7 +16,13 @@ marginals, never an unfolded (B, C, k*k, H, W) tensor.
 Deviation from the reference implementation (default_conf there: no normalisation, a 0.2 blend
 between unary and message, colour features without position): kernels are normalised
 symmetrically by default, exactly as in DenseCRF, so the same parameters mean the same thing
-in both layers; ``normalization="none"`` gives raw Gaussian sums.
+in both layers; ``normalization="none"`` gives raw Gaussian sums, ``message_weight=0.2`` the
+blend ``(1 - w) log U + w M`` and ``appearance_positions=False`` the colour-only appearance
+kernel. Differences that remain (tests/test_crf.py): the reference runs its first message on
+the log-probabilities (its softmax of the unary is switched off), where atrous starts mean field
+from the unary's probabilities as the paper does; with ``blur > 1`` the reference normalises at
+full resolution and pads the pooling grid on both sides, atrous normalises on the pooled grid
+and pads at the end.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ class ConvCRF(nn.Module):
         num_classes: int | None = None,
         trainable_kernels: bool = False,
         normalization: str = "symmetric",
+        message_weight: float | None = None,
+        appearance_positions: bool = True,
     ) -> None:
         super().__init__()
         if filter_size < 1 or filter_size % 2 == 0:
@@ -68,6 +76,9 @@ class ConvCRF(nn.Module):
         self.num_classes = num_classes
         self.trainable_kernels = bool(trainable_kernels)
         self.normalization = normalization
+        self.appearance_positions = bool(appearance_positions)
+        if message_weight is not None and not 0 < message_weight <= 1:
+            raise ValueError(f"message_weight must be in (0, 1], got {message_weight}")
         for name, value in (
             ("pos_xy_std", pos_xy_std),
             ("bi_xy_std", bi_xy_std),
@@ -82,6 +93,8 @@ class ConvCRF(nn.Module):
         self.bi_w = nn.Parameter(torch.tensor(float(bi_w)))
         if compatibility == "matrix":
             self.compat = nn.Parameter(1.0 - torch.eye(num_classes))
+        # the reference code's blend of unary and message (its "weight", 0.2); None: log U + M
+        self.message_weight = None if message_weight is None else nn.Parameter(torch.tensor(float(message_weight)))
 
     def config(self) -> dict[str, Any]:
         return dict(
@@ -98,6 +111,8 @@ class ConvCRF(nn.Module):
             num_classes=self.num_classes,
             trainable_kernels=self.trainable_kernels,
             normalization=self.normalization,
+            message_weight=None if self.message_weight is None else float(self.message_weight.detach()),
+            appearance_positions=self.appearance_positions,
         )
 
     def extra_repr(self) -> str:
@@ -116,7 +131,10 @@ class ConvCRF(nn.Module):
             message = self._message(q, kernel)
             if self.compatibility == "matrix":
                 message = -torch.einsum("lm,nmhw->nlhw", self.compat.to(message.dtype), message)
-            energy = log_unary + message
+            if self.message_weight is None:
+                energy = log_unary + message
+            else:
+                energy = (1 - self.message_weight) * log_unary + self.message_weight * message
         return F.log_softmax(energy, dim=1)
 
     # -- message passing -------------------------------------------------------------------
@@ -155,9 +173,10 @@ class ConvCRF(nn.Module):
         position = self._downsample(position)
         colour = self._downsample(image)
         smooth = self._gaussian_window(position / self.pos_xy_std)
-        appearance = self._gaussian_window(
-            torch.cat([position / self.bi_xy_std, colour / self.bi_rgb_std], dim=1)
-        )
+        appearance_features = colour / self.bi_rgb_std
+        if self.appearance_positions:
+            appearance_features = torch.cat([position / self.bi_xy_std, appearance_features], dim=1)
+        appearance = self._gaussian_window(appearance_features)
         kernel = 0
         for window, weight in ((smooth, self.pos_w), (appearance, self.bi_w)):
             if self.normalization == "symmetric":
