@@ -25,6 +25,7 @@ _LAZY = {
     "push_to_hub": "atrous.checkpoints",
     "from_torchvision": "atrous.models.torchvision_compat",
     "infer": "atrous.inference.infer",
+    "evaluate": "atrous.inference.evaluate",
 }
 _LAZY_MODULES = ("crf", "metrics", "data", "layers", "backbones", "losses", "options", "checkpoints", "training",
                  "inference", "deployment", "runtime", "commands", "engine")
@@ -42,6 +43,7 @@ __all__ = [
     "SegmentationModel",
     "__version__",
     "create_model",
+    "evaluate",
     "from_pretrained",
     "from_torchvision",
     "infer",
