@@ -1,0 +1,100 @@
+"""The trainer's speed and schedule options, each run through `train` and compared with the plain
+path on the same data and seed: --channels-last, --fused-optimizer and --compile must give the
+plain run's weights (to float rounding), --epochs the same run as the iterations it stands for,
+--warmup-iters the learning rates of DeepLab's poly schedule after a linear ramp. And a loss
+that turns infinite (not only NaN) stops the run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import atrous.training.trainer as trainer_module
+from atrous.errors import UserError
+from atrous.training.trainer import TrainConfig, train
+
+BASE_LR = 0.1
+# a small U-Net (no dropout, so every path draws the same random numbers), fp32, SGD with momentum
+CASE = dict(model="unet", model_options={"base_channels": 8}, dataset="synthetic", synthetic_size=32,
+            synthetic_length=8, crop_size=32, batch_size=4, optimizer="sgd", lr=BASE_LR, iters=4, precision="fp32",
+            eval_split=None, progress=False, checkpoint_every=100, seed=0)
+
+
+def run(tmp_path, name: str, **overrides) -> dict[str, torch.Tensor]:
+    out = tmp_path / name
+    train(TrainConfig(**(CASE | {"out": str(out)} | overrides)))
+    return load_file(out / "model.safetensors")
+
+
+def max_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a if a[k].is_floating_point())
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory) -> dict[str, torch.Tensor]:
+    return run(tmp_path_factory.mktemp("plain"), "plain")
+
+
+@pytest.fixture(scope="module")
+def untrained(tmp_path_factory) -> dict[str, torch.Tensor]:
+    """The same model and seed before any step: how far training moves the weights."""
+    torch.manual_seed(0)
+    return run(tmp_path_factory.mktemp("untrained"), "untrained", lr=1e-30)
+
+
+@pytest.mark.parametrize("option", ["channels_last", "fused_optimizer"])
+def test_speed_options_give_the_plain_runs_weights(tmp_path, plain, untrained, option):
+    moved = max_difference(plain, untrained)
+    got = run(tmp_path, option, **{option: True})
+    assert max_difference(got, plain) < 1e-5 < moved / 100
+
+
+def test_compile_gives_the_plain_runs_weights(tmp_path, plain, untrained):
+    if shutil.which("cc") is None and shutil.which("gcc") is None:
+        pytest.skip("no C compiler: torch.compile's CPU backend (inductor) needs one; --compile not tested")
+    got = run(tmp_path, "compiled", compile=True)
+    assert max_difference(got, plain) < 1e-5 < max_difference(plain, untrained) / 100
+
+
+def test_epochs_stand_for_their_iterations(tmp_path, plain):
+    """8 images, batch 4: two epochs are four iterations, the same run to the bit."""
+    got = run(tmp_path, "epochs", iters=None, epochs=2)
+    assert all(torch.equal(got[k], plain[k]) for k in plain)
+    events = [json.loads(line) for line in (tmp_path / "epochs" / "log.jsonl").read_text().splitlines()]
+    assert [(e["epoch"], e["step"]) for e in events if "epoch" in e] == [(1, 2), (2, 4)]
+
+
+def test_warmup_ramps_then_follows_the_poly_schedule(tmp_path, monkeypatch):
+    """The learning rate each optimiser step used: base * (t + 1) / W for t < W, then
+    base * (1 - t / T) ** 0.9 as without warm-up."""
+    used: list[float] = []
+    step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        used.append(self.param_groups[0]["lr"])
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    run(tmp_path, "plain")
+    plain_rates, used[:] = list(used), []
+    run(tmp_path, "warmup", warmup_iters=2)
+    poly = [BASE_LR * (1 - t / 4) ** 0.9 for t in range(4)]
+    assert plain_rates == pytest.approx(poly, rel=1e-12)
+    assert used == pytest.approx([BASE_LR / 2, BASE_LR, poly[2], poly[3]], rel=1e-12)
+
+
+def test_an_infinite_loss_stops_the_run(tmp_path, monkeypatch):
+    real = trainer_module.total_loss
+
+    def infinite(*args, **kwargs):
+        loss, parts = real(*args, **kwargs)
+        return loss * float("inf"), {k: v * float("inf") for k, v in parts.items()}
+
+    monkeypatch.setattr(trainer_module, "total_loss", infinite)
+    with pytest.raises(UserError, match=r"training diverged at iteration 1 \(loss inf\)"):
+        run(tmp_path, "infinite")
