@@ -47,8 +47,9 @@ from torch import nn
 
 import atrous
 
-smp = pytest.importorskip("segmentation_models_pytorch")
-psp_decoder_module = pytest.importorskip("segmentation_models_pytorch.decoders.pspnet.decoder")
+WITHOUT_SMP = "segmentation_models_pytorch (the test extra) is not installed: atrous is not compared with smp"
+smp = pytest.importorskip("segmentation_models_pytorch", reason=WITHOUT_SMP)
+psp_decoder_module = pytest.importorskip("segmentation_models_pytorch.decoders.pspnet.decoder", reason=WITHOUT_SMP)
 
 NUM_CLASSES = 5
 SIZES = [(1, 67, 91), (2, 64, 64)]  # (N, H, W): odd sizes, and a multiple of 32

@@ -168,7 +168,8 @@ def test_dense_rejects_bad_inputs():
 
 
 def test_dense_matches_pydensecrf():
-    dcrf = pytest.importorskip("pydensecrf.densecrf")
+    dcrf = pytest.importorskip("pydensecrf.densecrf", reason="pydensecrf (the test extra) is not installed: "
+                              "the DenseCRF is not compared with it")
     image = scene(40, 56)
     logits = noisy_logits(image, 4)
     with torch.no_grad():

@@ -184,7 +184,8 @@ def test_bad_numbers_in_a_config_file_are_refused_too(tmp_path, capsys):
     assert "unknown option 'learning_rate'" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+@pytest.mark.skipif(os.geteuid() == 0, reason="run as root, which writes into read-only folders: the refusal of an "
+                    "unwritable --out folder is not tested (an --out under a file is, below)")
 def test_an_output_folder_that_cannot_be_written_is_refused_before_work(tmp_path, capsys):
     locked = tmp_path / "locked"
     locked.mkdir()

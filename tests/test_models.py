@@ -7,6 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 
 import atrous
 from atrous.layers import BilinearConvTranspose2d, bilinear_kernel
@@ -151,7 +152,6 @@ def test_fcn8s_upsamplers_start_bilinear_and_skips_at_zero() -> None:
 
 
 def test_fcn_loads_torchvision_vgg16_with_fc6_fc7_as_convolutions(tmp_path) -> None:
-    torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)
     vgg = torchvision.models.vgg16(weights=None).eval()
     path = tmp_path / "vgg16_features.pth"  # the features only: 58 MB rather than 550
@@ -182,7 +182,6 @@ def test_unpooling_puts_values_back_at_the_argmax() -> None:
 
 
 def test_segnet_encoder_loads_torchvision_vgg16_bn(tmp_path) -> None:
-    torchvision = pytest.importorskip("torchvision")
     vgg = torchvision.models.vgg16_bn(weights=None).eval()
     for module in vgg.modules():  # non-trivial BN statistics
         if isinstance(module, torch.nn.BatchNorm2d):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torchvision.models import segmentation
 
 import atrous
-
-segmentation = pytest.importorskip("torchvision.models.segmentation")
 
 
 def randomise_batch_norm(model: torch.nn.Module) -> None:
