@@ -17,6 +17,7 @@ from atrous.crf import (
     fit_crf,
     pixel_features,
 )
+from atrous.metrics import ConfusionMatrix
 from tests.by_hand import bilinear, softmax
 
 
@@ -408,3 +409,30 @@ def test_fit_dense_crf_weights():
     assert len(losses) == 6 and float(crf.bi_w.detach()) != before
     with pytest.raises(ValueError, match="at least one batch"):
         fit_crf(DenseCRF(), [], iters=1)
+
+
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_fitting_raises_the_held_out_miou_where_the_answer_is_known(kind):
+    """Colour regions that are the label regions, logits drowned in noise: a CRF whose kernels
+    weigh almost nothing (w = 0.05) leaves the noise; fitted on three scenes, it cleans three
+    others (measured: mIoU 48 % -> 99.7 % dense, 98.7 % conv)."""
+
+    def scenes(first: int) -> list:
+        return [(noisy_logits(scene(40, 48, seed=s), 4, seed=s), scene(40, 48, seed=s), region_labels(1, 40, 48))
+                for s in range(first, first + 3)]
+
+    def miou(crf) -> float:
+        matrix = ConfusionMatrix(4, 255)
+        with torch.no_grad():
+            for logits, image, target in held_out:
+                matrix.update(crf.eval()(logits, image).argmax(1), target)
+        return matrix.compute()["mIoU"]
+
+    layer = DenseCRF if kind == "dense" else ConvCRF
+    crf = layer(num_iterations=5, pos_w=0.05, bi_w=0.05)
+    held_out = scenes(100)
+    before = miou(crf)
+    fit_crf(crf, scenes(0), 12, lr=0.5)
+    after = miou(crf)
+    assert before < 0.6 and after > before + 0.3
+    assert crf.bi_w.item() > 1 and crf.pos_w.item() > 1
