@@ -82,7 +82,7 @@ def varied_checkpoint(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def camvid_root() -> Path:
     root = SHARED_DATA / "camvid"
     if not (root / "train.txt").is_file():
