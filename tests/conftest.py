@@ -55,6 +55,22 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
     return out / "model.safetensors"
 
 
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, str]:
+    """`atrous demo` at 40 iterations instead of 220: (its output folder, what it printed). A
+    model that has learned (held-out mIoU about 0.5), for tests that need labels that vary."""
+    import contextlib
+    import io
+
+    from atrous.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main(["demo", "--iters", "40", "--out", str(out), "--no-progress"]) == 0
+    return out, printed.getvalue()
+
+
 # the classes and colours of `varied_checkpoint`
 CLASSES = ["sky", "road", "car", "tree", "sign"]
 PALETTE = [[70, 130, 180], [128, 64, 128], [220, 20, 60], [107, 142, 35], [250, 170, 30]]

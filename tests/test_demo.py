@@ -9,7 +9,6 @@ import json
 import numpy as np
 from PIL import Image
 
-from atrous.cli import main
 from atrous.data import SyntheticScenes
 
 
@@ -24,10 +23,8 @@ def commonest_class_miou(count: int = 200) -> float:
     return float(labelled.max() / labelled.sum() / present.sum())
 
 
-def test_demo_learns_and_writes_its_outputs(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--iters", "40", "--out", str(out), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+def test_demo_learns_and_writes_its_outputs(demo_run):
+    out, printed = demo_run  # `atrous demo --iters 40` (tests/conftest.py)
     assert "mIoU" in printed and "held-out scenes" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     miou = metrics["val"]["mIoU"]

@@ -171,3 +171,28 @@ def test_calibration_images_spread_over_the_split():
     assert torch.allclose(images[-1][0], (raw / 255 - 0.5) / 0.25)
     assert len(calibration_images(dataset, 50, [0.5] * 3, [0.25] * 3)) == 10
     assert np.isclose(float(images[0].mean()), float(((dataset[0][0].float() / 255 - 0.5) / 0.25).mean()))
+
+
+def test_int8_of_a_trained_model_keeps_its_labels_and_its_miou(demo_run, tmp_path):
+    """A model that has learned (the demo's, 40 iterations; its labels vary), exported to int8,
+    judged on held-out scenes against thresholds of this test's own, stricter than the
+    exporter's 90 % check: 97 % of the labels the same, mIoU within one point (measured: 99.5 %
+    of the labels, mIoU 0.5611 fp32 against 0.5608 int8)."""
+    from atrous.inference.evaluate import evaluate
+
+    checkpoint = demo_run[0] / "model.safetensors"
+    out = tmp_path / "m.int8.onnx"
+    assert atrous.cli.main(["export", "--checkpoint", str(checkpoint), "--int8", "--calibrate-dataset", "synthetic",
+                            "--calibrate-images", "16", "--out", str(out)]) == 0
+    fp32, int8 = atrous.load_checkpoint(str(checkpoint)).eval(), atrous.load_checkpoint(str(out))
+    dataset = torch.utils.data.Subset(build_dataset("synthetic", "val"), range(24))
+    normalise = eval_transform(*normalisation(fp32.meta))
+    images = torch.stack([normalise(*dataset[i], None)[0] for i in range(8)])
+    with torch.no_grad():
+        expected = fp32(images).argmax(1)
+    got = int8(images).argmax(1)
+    assert len(expected.unique()) >= 4, "the test needs a model whose labels vary"
+    assert (got == expected).float().mean() >= 0.97
+    scores = {name: evaluate(model, dataset, precision="fp32", progress=False)["mIoU"]
+              for name, model in (("fp32", fp32), ("int8", int8))}
+    assert scores["fp32"] > 0.35 and abs(scores["int8"] - scores["fp32"]) <= 0.01, scores
