@@ -4,6 +4,8 @@ argmax, max / attention fusion over scales)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -40,7 +42,7 @@ SMALL = {
 PAPER_PARAMS = [
     ("fcn8s", 21, 3, 134.0),  # Long et al., Table 1 / Sec. 4.2
     ("deeplab_v1", 21, 3, 20.5),  # Chen et al. ICLR 2015, Table 2 (LargeFOV)
-    ("segnet", 11, 3, 29.4),  # Badrinarayanan et al., Table 6 (SegNet)
+    ("segnet", 11, 3, 29.4),  # Badrinarayanan et al. 2017 (SegNet, 11 CamVid classes)
     ("unet", 2, 1, 31.0),  # Ronneberger et al. (1 input channel, 2 classes)
 ]
 
@@ -196,6 +198,37 @@ def test_segnet_encoder_loads_torchvision_vgg16_bn(tmp_path) -> None:
         torch.testing.assert_close(encoded, vgg.features(x))
     assert len(memories) == 5
     assert sum(isinstance(m, torch.nn.Conv2d) for m in model.encoder.modules()) == 13
+
+
+def test_segnet_decoder_is_the_reference_prototxts() -> None:
+    """SegNet-Tutorial's segnet_train.prototxt: conv5_3_D ... conv1_2_D (3x3, batch norm, ReLU;
+    widths 512 512 512 | 512 512 256 | 256 256 128 | 128 64 | 64), then conv1_1_D to the classes."""
+    model = meta_model("segnet", 11)
+    convs = [m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d)] + [model.classifier]
+    assert [c.out_channels for c in convs] == [512, 512, 512, 512, 512, 256, 256, 256, 128, 128, 64, 64, 11]
+    assert all(c.kernel_size == (3, 3) for c in convs)
+    norms = [m for m in model.decoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == 12  # every decoder convolution but the classifier
+    extra = meta_model("segnet", 11, extra_decoder_conv=True)
+    assert sum(isinstance(m, torch.nn.Conv2d) for m in extra.decoder.modules()) == 13  # one more
+
+
+def test_a_segnet_checkpoint_saved_with_the_extra_conv_still_loads(tmp_path) -> None:
+    """Checkpoints written before the decoder matched the reference carry the extra 64 -> 64
+    convolution and no option naming it: recognised by their tensors, they load as they were."""
+    from safetensors.torch import load_file, save_file
+
+    torch.manual_seed(0)
+    old = atrous.create_model("segnet", 3, extra_decoder_conv=True).eval()
+    path = tmp_path / "old.safetensors"
+    atrous.save_checkpoint(old, str(path))
+    header = atrous.checkpoints.checkpoint.read_checkpoint_header(str(path))
+    header["model"]["options"] = {}  # as an older atrous wrote it
+    save_file(load_file(path), path, metadata={"atrous": json.dumps(header)})
+    loaded = atrous.load_checkpoint(str(path))
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), old(x))
 
 
 def test_segnet_basic_decoder_has_no_relu_and_no_bias() -> None:

@@ -18,6 +18,7 @@ from safetensors.torch import load_file, safe_open, save_file
 from atrous.checkpoints.sources import is_repo_id, resolve_source
 from atrous.errors import UserError
 from atrous.models import SegmentationModel, create_model
+from atrous.models.registry import options_for_weights
 from atrous.outputs import write_atomic
 
 FORMAT_VERSION = 1
@@ -86,6 +87,7 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu", *,
         path = resolve_source(path)
     header = read_checkpoint_header(path)
     config = header["model"]
+    state = load_file(path, device=str(map_location))
     try:
         model = create_model(
             config["name"],
@@ -93,11 +95,10 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu", *,
             in_channels=config.get("in_channels", 3),
             backbone=config.get("backbone"),
             output_stride=config.get("output_stride"),
-            **config.get("options", {}),
+            **options_for_weights(config["name"], config.get("options", {}), set(state)),
         )
     except (ValueError, TypeError) as err:
         raise UserError(f"{path}: cannot rebuild model '{config['name']}': {err}") from err
-    state = load_file(path, device=str(map_location))
     try:
         model.load_state_dict(state)
     except RuntimeError as err:

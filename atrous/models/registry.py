@@ -83,6 +83,14 @@ def _get_builder(name: str) -> Builder:
     return _BUILDERS[name]
 
 
+def options_for_weights(name: str, options: dict[str, Any], keys: set[str]) -> dict[str, Any]:
+    """The options with which a checkpoint of model `name` holding tensors `keys` was saved:
+    a model whose architecture changed may recognise an older checkpoint by its tensors
+    (a classmethod `options_for_weights(options, keys)`); the options unchanged otherwise."""
+    upgrade = getattr(_get_builder(name), "options_for_weights", None)
+    return upgrade(dict(options), keys) if upgrade is not None else dict(options)
+
+
 def create_model(
     name: str,
     num_classes: int,

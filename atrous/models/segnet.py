@@ -6,15 +6,19 @@ Architecture for Image Segmentation", TPAMI 2017.
 - `segnet` (Sec. 3, Fig. 2): the 13 convolutions of VGG16-BN as encoder, 2x2 max pooling
   whose argmax indices are kept; a mirrored decoder in which each stage max-unpools with
   its encoder stage's indices (sparse maps, values at the argmax positions) and densifies
-  with 3x3 conv-BN-ReLU (the last decoder stage ends with a 3x3 conv to the classes, as in
-  the reference prototxt). 29.4M parameters (Table 6 gives 29.5M). The encoder's tensor names are
-  torchvision's `vgg16_bn.features`, so its state dict loads (`pretrained_backbone`).
+  with 3x3 conv-BN-ReLU. The decoder is the reference model's (SegNet-Tutorial's
+  `segnet_train.prototxt`): 13 convolutions, `conv5_3_D` ... `conv1_2_D` with batch norm and
+  ReLU, then `conv1_1_D`, a 3x3 convolution to the classes. 29.44M parameters at 11 classes
+  (docs/models.md; the paper's figure is 29.4M). The encoder's tensor names are torchvision's
+  `vgg16_bn.features`, so its state dict loads (`pretrained_backbone`).
 - `segnet_basic` (Sec. 4.1): 4 encoder stages of 7x7 conv (64) - BN - ReLU - 2x2 max pool,
   4 decoder stages of unpooling - 7x7 conv (64) - BN, with "no biases after convolutions
   and no ReLU non-linearity in the decoder", and a 1x1 classifier.
 
-Deviation: none of substance; the input is zero-padded to a multiple of 32 (16 for
-SegNet-Basic) so that every pooling sees an even size (the reference crops instead).
+Deviations: the input is zero-padded to a multiple of 32 (16 for SegNet-Basic) so that every
+pooling sees an even size (the reference crops instead). `extra_decoder_conv=True` gives the
+decoder atrous built before it matched the reference: one more 64 -> 64 conv-BN-ReLU in the last
+stage (checkpoints saved with it are recognised by their weights and load as they were).
 """
 
 from __future__ import annotations
@@ -59,7 +63,8 @@ def conv_bn(in_channels: int, out_channels: int, kernel_size: int, *, relu: bool
 
 
 def segnet_decoder_stage(in_channels: int, out_channels: int, depth: int) -> nn.Sequential:
-    """Mirror of an encoder stage: `depth` 3x3 conv-BN-ReLU, the last one narrowing."""
+    """Mirror of an encoder stage: `depth` 3x3 conv-BN-ReLU, the last one narrowing (the
+    first decoder stage passes depth - 1: its last convolution is the classifier)."""
     layers: list[nn.Module] = []
     for i in range(depth):
         layers += conv_bn(in_channels, out_channels if i == depth - 1 else in_channels, 3, relu=True, bias=True)
@@ -69,7 +74,8 @@ def segnet_decoder_stage(in_channels: int, out_channels: int, depth: int) -> nn.
 @register_model("segnet", "SegNet (Badrinarayanan et al. TPAMI 2017): VGG16-BN encoder, max-unpooling decoder")
 class SegNet(SegmentationModel):
     """SegNet (TPAMI 2017, Sec. 3, Fig. 2). Encoder: VGG16-BN's `features` (torchvision
-    layout); decoder: five mirrored stages. SegNet has no options of its own.
+    layout); decoder: five mirrored stages, 13 convolutions with the classifier, as the
+    reference prototxt.
 
     Args:
         backbone (str, default "vgg16_bn"): the encoder, the 13 convolutions of VGG16 with
@@ -78,7 +84,13 @@ class SegNet(SegmentationModel):
             other value is refused.
         pretrained_backbone (str | None, default None): weights for the encoder, in
             torchvision's `vgg16_bn.features` names.
+        extra_decoder_conv (bool, default False): one more 64 -> 64 conv-BN-ReLU before the
+            classifier (atrous' decoder before it matched the reference prototxt); not in
+            the paper.
     """
+
+    # the extra convolution's tensors: a checkpoint that has them was saved with it
+    EXTRA_CONV_KEY = "decoder.4.3.weight"
 
     def __init__(
         self,
@@ -88,6 +100,7 @@ class SegNet(SegmentationModel):
         backbone: str | None = None,
         output_stride: int | None = None,
         pretrained_backbone: str | None = None,
+        extra_decoder_conv: bool = False,
     ) -> None:
         super().__init__(num_classes, in_channels)
         if backbone not in (None, "vgg16_bn", "vgg16"):
@@ -104,9 +117,19 @@ class SegNet(SegmentationModel):
         for stage in range(4, -1, -1):
             width, depth = VGG16_STAGES[stage]
             narrower = widths[stage - 1] if stage > 0 else width
+            if stage == 0 and not extra_decoder_conv:
+                depth -= 1  # conv1_2_D; conv1_1_D is the classifier
             stages.append(segnet_decoder_stage(width, narrower, depth))
         self.decoder = nn.ModuleList(stages)
         self.classifier = nn.Conv2d(widths[0], num_classes, 3, padding=1)
+
+    @classmethod
+    def options_for_weights(cls, options: dict, keys: set[str]) -> dict:
+        """The options that fit a checkpoint's tensors: one saved before the decoder matched
+        the reference has the extra convolution's weights and no option naming it."""
+        if "extra_decoder_conv" not in options and cls.EXTRA_CONV_KEY in keys:
+            return {**options, "extra_decoder_conv": True}
+        return options
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[Pooled]]:
         """Runs VGG16-BN's features, pooling with indices; returns pool5 and the memories."""
