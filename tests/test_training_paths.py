@@ -98,3 +98,38 @@ def test_an_infinite_loss_stops_the_run(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer_module, "total_loss", infinite)
     with pytest.raises(UserError, match=r"training diverged at iteration 1 \(loss inf\)"):
         run(tmp_path, "infinite")
+
+
+def test_labels_at_stride_take_each_cells_centre():
+    from atrous.training.trainer import labels_at_stride
+
+    masks = torch.arange(16 * 24).reshape(1, 16, 24)
+    assert labels_at_stride(masks, 8).tolist() == [[[4 * 24 + 4, 4 * 24 + 12, 4 * 24 + 20],
+                                                     [12 * 24 + 4, 12 * 24 + 12, 12 * 24 + 20]]]
+    assert labels_at_stride(masks, 1) is masks
+    assert labels_at_stride(torch.zeros(2, 17, 9), 8).shape == (2, 3, 2)  # ceil
+
+
+def test_loss_stride_scores_the_score_maps_grid(tmp_path, monkeypatch):
+    """--loss-stride 8 on DeepLab v1 (score map at stride 8, as the paper trains): the loss sees
+    labels subsampled by 8 and logits on the same grid, close to the raw score map."""
+    import atrous.models
+
+    seen = []
+    real = trainer_module.total_loss
+
+    def recording(loss_fn, outputs, masks, *args, **kwargs):
+        seen.append((outputs["out"].shape, masks.shape))
+        return real(loss_fn, outputs, masks, *args, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "total_loss", recording)
+    run(tmp_path, "stride8", model="deeplab_v1", model_options={"fc_channels": 16}, iters=1, loss_stride=8)
+    assert seen == [(torch.Size([4, 7, 4, 4]), torch.Size([4, 4, 4]))]  # 32x32 crops, 7 synthetic classes
+    torch.manual_seed(0)
+    model = atrous.models.create_model("deeplab_v1", 3, fc_channels=16).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        raw = model.segment(x)["out"]
+        scored, _ = trainer_module.at_loss_stride({"out": model(x)}, torch.zeros(1, 64, 64, dtype=torch.long), 8)
+    assert scored["out"].shape == raw.shape
+    assert (scored["out"] - raw).abs().max() <= 0.15 * raw.abs().max()

@@ -1,11 +1,12 @@
 """The DeepLab family: v1 (LargeFOV), v2 (ASPP-L), v3 and v3+.
 
 - DeepLab v1: Chen, Papandreou, Kokkinos, Murphy, Yuille, "Semantic Image Segmentation with
-  Deep Convolutional Nets and Fully Connected CRFs", ICLR 2015, Sec. 3.1 and 4.1, the
-  DeepLab-LargeFOV variant: VGG16 whose pools are 3x3 / stride 2 / pad 1, pool4 and pool5 at
-  stride 1, conv5 at dilation 2, fc6 3x3 at dilation 12 with 1024 channels, fc7 1x1 1024
-  (dropout 0.5 after each), fc8 1x1; output stride 8, bilinear upsampling of the logits
-  (the CRF is atrous.crf's business). 20.5M parameters for 21 classes (Table 2).
+  Deep Convolutional Nets and Fully Connected CRFs", ICLR 2015, Sec. 3.1 and 4.1: VGG16 whose
+  pools are 3x3 / stride 2 / pad 1, pool4 and pool5 at stride 1, conv5 at dilation 2, fc6
+  dilated, fc7 1x1 (dropout 0.5 after each), fc8 1x1; output stride 8, bilinear upsampling of
+  the logits (the CRF is atrous.crf's business). Table 2's networks are variants: LargeFOV
+  (the default: fc6 3x3 at rate 12, 1024 channels, 20.5M parameters for 21 classes), 7x7 and
+  4x4 (4096 channels); `msc=True` adds DeepLab-MSc's multi-scale MLPs.
 - DeepLab v2: Chen, Papandreou, Kokkinos, Murphy, Yuille, "DeepLab: Semantic Image
   Segmentation with Deep Convolutional Nets, Atrous Convolution, and Fully Connected CRFs",
   TPAMI 2017. ResNet-101 at output stride 8 (Sec. 3.1, 4.1), ASPP-L (Sec. 3.3): four 3x3
@@ -68,22 +69,63 @@ def _multi_grid_for(backbone: str, multi_grid: Sequence[int] | None) -> Sequence
     return multi_grid if resnet_like else None
 
 
-@register_model("deeplab_v1", "DeepLab v1 LargeFOV (Chen et al. ICLR 2015): VGG16, OS 8, fc6 3x3 rate 12")
+# DeepLab v1's named networks (Chen et al. ICLR 2015, Table 2): fc6 kernel, fc6 rate ("input
+# stride"), width of fc6 and fc7; parameters for 21 classes in the last comment
+DEEPLAB_V1_VARIANTS: dict[str, tuple[int, int, int]] = {
+    "largefov": (3, 12, 1024),  # DeepLab-CRF-LargeFOV: RF 224, 20.5M
+    "7x7": (7, 4, 4096),  # DeepLab-CRF-7x7: RF 224, 134.3M
+    "4x4": (4, 8, 4096),  # DeepLab-CRF-4x4: RF 224, 65.1M
+    "4x4_rate4": (4, 4, 4096),  # DeepLab-CRF (the first row): RF 128, 65.1M
+}
+MSC_TAPS = (None, 0, 1, 2, 3)  # DeepLab-MSc: the input and pool1 ... pool4
+
+
+def msc_branch(in_channels: int, stride: int, channels: int, dropout: float) -> nn.Sequential:
+    """DeepLab-MSc's two-layer MLP on one tap (Sec. 4.1, "Multi-scale features"): 3x3 conv
+    (`channels`, strided down to the score map's stride) - ReLU - dropout - 1x1 conv
+    (`channels`) - ReLU - dropout."""
+    return nn.Sequential(
+        nn.Conv2d(in_channels, channels, 3, stride=stride, padding=1),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Conv2d(channels, channels, 1),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+    )
+
+
+@register_model("deeplab_v1", "DeepLab v1 (Chen et al. ICLR 2015): VGG16, OS 8, LargeFOV / 7x7 / 4x4, optional MSc")
 class DeepLabV1(SegmentationModel):
-    """DeepLab-LargeFOV (ICLR 2015, Sec. 3.1, 4.1): dilated VGG16 -> fc6/fc7 -> fc8 at stride 8.
+    """DeepLab v1 (ICLR 2015, Sec. 3.1, 4.1): dilated VGG16 -> fc6/fc7 -> fc8 at stride 8.
+
+    The paper's named networks (Table 2) are `variant`s: "largefov" (DeepLab-CRF-LargeFOV,
+    the default: fc6 3x3 at rate 12, 1024 channels, 20.5M parameters), "7x7" (fc6 7x7 at rate
+    4, 4096 channels, 134.3M), "4x4" (4x4 at rate 8, 4096, 65.1M) and "4x4_rate4" (4x4 at rate
+    4, 4096, 65.1M: the table's plain "DeepLab-CRF", receptive field 128). `msc=True` is
+    DeepLab-MSc (Sec. 4.1): two-layer 128-channel MLPs on the input and on pool1 ... pool4,
+    their features concatenated to fc7's before fc8 (5 x 128 = 640 more channels), which is
+    adding each MLP's scores to the final ones.
+
+    Training: the paper computes the loss on the ground truth subsampled by 8, the score
+    map's stride (Sec. 4.1); `atrous train --loss-stride 8` does that, the default (1) scores
+    the logits upsampled to the input, as every atrous model.
 
     Args:
         backbone (str, default "vgg16"): "vgg16", the paper's ImageNet VGG16, or "vgg16_bn"
             (VGG16 with batch norm; atrous' option, not in the paper). No other backbone.
         output_stride (int, default 8): stride of the fc8 logits; 8 is the paper's (pool4 and
             pool5 at stride 1, conv5 at dilation 2, Sec. 3.1); 16 or 32 is atrous' option.
-        fc6_dilation (int, default 12): dilation ("input stride") of the 3x3 fc6; 12 is
-            LargeFOV, DeepLab-v1's other variants use 4 or 8 (Chen et al. 2015, Table 2).
-        fc_channels (int, default 1024): width of fc6 and fc7; 1024 is LargeFOV's, 4096 the
-            "DeepLab" variant's, which also has a 4x4 fc6 (Chen et al. 2015, Table 2); fc6
-            stays 3x3 here whatever the width.
-        dropout (float, default 0.5): dropout after fc6 and after fc7, as in VGG16's classifier
-            that fc6 / fc7 come from.
+        variant (str, default "largefov"): one of Table 2's networks: "largefov", "7x7",
+            "4x4", "4x4_rate4"; sets the three options below unless they are given.
+        fc6_kernel (int | None, default None): fc6's kernel size (None: the variant's).
+        fc6_dilation (int | None, default None): fc6's rate, the paper's "input stride"
+            (None: the variant's; 12 for LargeFOV).
+        fc_channels (int | None, default None): width of fc6 and fc7 (None: the variant's).
+        msc (bool, default False): DeepLab-MSc's multi-scale MLPs on the input and pool1-4
+            (Sec. 4.1).
+        msc_channels (int, default 128): width of each MSc MLP, the paper's 128.
+        dropout (float, default 0.5): dropout after fc6 and after fc7 (and in the MSc MLPs),
+            as in VGG16's classifier that fc6 / fc7 come from.
     """
 
     def __init__(
@@ -94,30 +136,49 @@ class DeepLabV1(SegmentationModel):
         backbone: str | None = None,
         output_stride: int | None = None,
         pretrained_backbone: str | None = None,
-        fc6_dilation: int = 12,
-        fc_channels: int = 1024,
+        variant: str = "largefov",
+        fc6_kernel: int | None = None,
+        fc6_dilation: int | None = None,
+        fc_channels: int | None = None,
+        msc: bool = False,
+        msc_channels: int = 128,
         dropout: float = 0.5,
     ) -> None:
         super().__init__(num_classes, in_channels)
         backbone = backbone or "vgg16"
         if backbone not in VGG_BACKBONES:
             raise ValueError(f"deeplab_v1 is built on vgg16 or vgg16_bn, not '{backbone}'")
+        if variant not in DEEPLAB_V1_VARIANTS:
+            raise ValueError(f"deeplab_v1 variant must be one of {', '.join(DEEPLAB_V1_VARIANTS)}, got '{variant}'")
+        kernel, dilation, width = DEEPLAB_V1_VARIANTS[variant]
+        kernel, dilation, width = fc6_kernel or kernel, fc6_dilation or dilation, fc_channels or width
         self.backbone = VGG16(
             batch_norm=backbone == "vgg16_bn",
             in_channels=in_channels,
             output_stride=output_stride or 8,
-            out_indices=(4,),
+            out_indices=(0, 1, 2, 3, 4) if msc else (4,),
             pool_kernel=3,
             pretrained=pretrained_backbone,
         )
         self.divisor = self.backbone.output_stride
-        self.fc = vgg_fc_as_conv(512, fc_channels, 3, dropout, dilation=fc6_dilation)
-        self.feature_channels = fc_channels
-        self.classifier = nn.Conv2d(fc_channels, num_classes, 1)  # fc8
+        self.fc = vgg_fc_as_conv(512, width, kernel, dropout, dilation=dilation)
+        self.msc = None
+        if msc:  # one MLP per tap, each strided to the score map's stride
+            taps = [(in_channels, 1)] + list(zip(self.backbone.channels[:4], self.backbone.reductions[:4], strict=True))
+            self.msc = nn.ModuleList(
+                msc_branch(c, self.divisor // reduction, msc_channels, dropout) for c, reduction in taps
+            )
+        self.feature_channels = width + (len(MSC_TAPS) * msc_channels if msc else 0)
+        self.classifier = nn.Conv2d(self.feature_channels, num_classes, 1)  # fc8
 
     def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """fc7 features (N, 1024, H/8, W/8) and the logits (N, K, H/8, W/8)."""
-        features = self.fc(self.backbone(x)[-1])
+        """fc7 features (N, C, H/8, W/8; with MSc the MLPs' 640 channels after fc7's) and the
+        logits (N, K, H/8, W/8)."""
+        pools = self.backbone(x)
+        features = self.fc(pools[-1])
+        if self.msc is not None:
+            taps = [x, *pools[:4]]
+            features = torch.cat([features, *(branch(t) for branch, t in zip(self.msc, taps, strict=True))], dim=1)
         return features, self.classifier(features)
 
     def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

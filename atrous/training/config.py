@@ -69,6 +69,9 @@ class TrainConfig:
     class_weights: str = option("none", "per-class loss weights computed from the training masks",
                                 choices=CLASS_WEIGHTINGS)
     loss: str = option("ce", "training loss", choices=list_losses)
+    loss_stride: int = option(1, "score the loss at 1/N of the input's resolution: the label at the centre of each NxN "
+                              "cell against the logits resized to that grid (DeepLab v1 and v2 train on labels "
+                              "subsampled by 8, their score map's stride)", ge=1)
     loss_options: dict[str, Any] = option(factory=dict, help="an option of the loss, e.g. --loss-opt gamma=3 "
                                           "(repeatable)", flag="--loss-opt", append=True)
     ohem_thresh: float = option(0.7, "ohem: train on pixels whose true-class probability is below "

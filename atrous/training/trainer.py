@@ -71,6 +71,37 @@ def poly_lr(base_lr: float, step: int, total: int, power: float, warmup: int = 0
     return base_lr * (1 - step / total) ** power
 
 
+def labels_at_stride(masks: torch.Tensor, stride: int) -> torch.Tensor:
+    """(N, H, W) labels -> (N, ceil(H/s), ceil(W/s)): the label at the centre of each s x s cell
+    (the bottom-right of the four central pixels when s is even); `masks` itself for s = 1."""
+    if stride == 1:
+        return masks
+    height, width = masks.shape[-2:]
+    rows, cols = (_cell_centres(side, -(-side // stride), masks.device) for side in (height, width))
+    return masks[..., rows[:, None], cols]
+
+
+def _cell_centres(side: int, cells: int, device: torch.device) -> torch.Tensor:
+    centres = ((torch.arange(cells, device=device) + 0.5) * side / cells).long()
+    return centres.clamp(max=side - 1)
+
+
+def at_loss_stride(outputs: dict[str, torch.Tensor], masks: torch.Tensor,
+                   stride: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """The outputs and labels the loss scores at `stride` (--loss-stride): every output resized
+    bilinearly to the subsampled labels' grid, which samples it at the cells' centres. For a
+    model whose score map has this stride, that gives its scores up to the smoothing of the
+    round trip (bilinear x s, then back: about 6 % of each neighbour mixed in at s = 8); the
+    paper's Caffe code scores the score map itself."""
+    if stride == 1:
+        return outputs, masks
+    labels = labels_at_stride(masks, stride)
+    size = labels.shape[-2:]
+    resized = {key: torch.nn.functional.interpolate(value, size=size, mode="bilinear", align_corners=False)
+               for key, value in outputs.items()}
+    return resized, labels
+
+
 class TrainStream(torch.utils.data.Dataset):
     """Sample number k -> the augmented pair, from (seed, k) alone: epoch k // n shuffles
     the dataset with its own generator; sample k augments with another."""
@@ -352,7 +383,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         micro_batches = [self._to_device(images, masks) for images, masks in micro_batches]
-        totals = self._batch_totals([masks for _, masks in micro_batches])
+        totals = self._batch_totals([labels_at_stride(masks, self.cfg.loss_stride) for _, masks in micro_batches])
         self.model.train()
         for module in self.frozen_norms:  # --freeze backbone / --freeze-bn: statistics stay as loaded
             module.eval()
@@ -392,7 +423,8 @@ class Trainer:
         """Forward and backward of one micro-batch; returns its (detached) shares of the losses."""
         with autocast(self.device, self.precision):
             outputs = self.net(images, return_aux=True)
-        loss, parts = total_loss(self.loss, outputs, masks, self.model.aux_weights, totals)
+        scored, labels = at_loss_stride(outputs, masks, self.cfg.loss_stride)
+        loss, parts = total_loss(self.loss, scored, labels, self.model.aux_weights, totals)
         if self.adversary is not None:  # Luc et al. 2016: lambda * adversarial term, then a D step
             adv = self.adversary.segmenter_loss(images, outputs["out"].float(), total=self.cfg.batch_size)
             parts["adv_g"] = adv.detach()
