@@ -253,6 +253,36 @@ def test_deeplab_v1_is_largefov() -> None:
     assert out.shape[-2:] == (8, 12)  # output stride 8
 
 
+@pytest.mark.parametrize(
+    "variant,kernel,rate,width,millions",
+    [("largefov", 3, 12, 1024, 20.5), ("7x7", 7, 4, 4096, 134.3), ("4x4", 4, 8, 4096, 65.1),
+     ("4x4_rate4", 4, 4, 4096, 65.1)],
+)
+def test_deeplab_v1_named_networks_of_table_2(variant, kernel, rate, width, millions) -> None:
+    """Chen et al. ICLR 2015, Table 2: fc6 kernel, input stride (rate), width, parameters
+    (21 classes); every variant keeps the score map at stride 8, whatever its even or odd kernel."""
+    model = meta_model("deeplab_v1", variant=variant)
+    fc6 = model.fc.fc6
+    assert (fc6.kernel_size, fc6.dilation, fc6.out_channels) == ((kernel, kernel), (rate, rate), width)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 1) == millions
+    assert model.segment(torch.empty(1, 3, 64, 96, device="meta"))["out"].shape[-2:] == (8, 12)
+
+
+def test_deeplab_msc_adds_five_128_channel_mlps() -> None:
+    """DeepLab-MSc (Sec. 4.1): MLPs (3x3 128 - 1x1 128) on the input and pool1-pool4, their
+    640 channels concatenated to fc7's before fc8; each MLP reaches the stride-8 grid."""
+    torch.manual_seed(0)
+    model = atrous.create_model("deeplab_v1", 5, msc=True, fc_channels=64).eval()
+    assert len(model.msc) == 5 and model.classifier.in_channels == 64 + 5 * 128
+    assert [branch[0].stride for branch in model.msc] == [(8, 8), (4, 4), (2, 2), (1, 1), (1, 1)]
+    assert [branch[0].in_channels for branch in model.msc] == [3, 64, 128, 256, 512]
+    x = torch.randn(1, 3, 48, 40)
+    with torch.no_grad():
+        features, logits = model.features_and_logits(x)
+        assert features.shape == (1, 64 + 640, 6, 5) and logits.shape == (1, 5, 6, 5)
+        assert model(torch.randn(1, 3, 45, 37)).shape == (1, 5, 45, 37)
+
+
 def test_deeplab_v2_aspp_l_and_max_fusion_over_scales() -> None:
     torch.manual_seed(0)
     model = atrous.create_model("deeplab_v2", 3, backbone="resnet18", input_scales=(1, 0.75, 0.5)).train()
