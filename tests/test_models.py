@@ -283,6 +283,26 @@ def test_deeplab_msc_adds_five_128_channel_mlps() -> None:
         assert model(torch.randn(1, 3, 45, 37)).shape == (1, 5, 45, 37)
 
 
+def test_deeplab_v2_vgg16_aspp_l_branches_are_fc6_fc7_fc8() -> None:
+    """TPAMI 2017, Fig. 7: on VGG16 each ASPP-L branch is fc6 (3x3 at rate 6/12/18/24, 1024) -
+    fc7 (1x1, 1024) - fc8, the four branches' scores summed; DeepLab v1's dilated VGG16 below."""
+    model = meta_model("deeplab_v2", 21, backbone="vgg16")
+    convs = [[m for m in branch if isinstance(m, torch.nn.Conv2d)] for branch in model.aspp.branches]
+    assert [c[0].dilation[0] for c in convs] == [6, 12, 18, 24]
+    assert all([(x.kernel_size[0], x.out_channels) for x in c] == [(3, 1024), (1, 1024), (1, 21)] for c in convs)
+    branch = 3 * 3 * 512 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 21 + 21
+    vgg16_convs = 14_714_688
+    assert sum(p.numel() for p in model.parameters()) == vgg16_convs + 4 * branch
+    torch.manual_seed(0)
+    small = atrous.create_model("deeplab_v2", 3, backbone="vgg16").eval()
+    x = torch.randn(1, 3, 40, 48)
+    with torch.no_grad():
+        features = small.backbone(x)[-1]
+        assert features.shape[-2:] == (5, 6)  # output stride 8
+        summed = sum(branch(features) for branch in small.aspp.branches)
+        torch.testing.assert_close(small.segment(x)["out"], summed)
+
+
 def test_deeplab_v2_aspp_l_and_max_fusion_over_scales() -> None:
     torch.manual_seed(0)
     model = atrous.create_model("deeplab_v2", 3, backbone="resnet18", input_scales=(1, 0.75, 0.5)).train()

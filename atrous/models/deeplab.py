@@ -10,7 +10,8 @@
 - DeepLab v2: Chen, Papandreou, Kokkinos, Murphy, Yuille, "DeepLab: Semantic Image
   Segmentation with Deep Convolutional Nets, Atrous Convolution, and Fully Connected CRFs",
   TPAMI 2017. ResNet-101 at output stride 8 (Sec. 3.1, 4.1), ASPP-L (Sec. 3.3): four 3x3
-  classifiers at rates 6/12/18/24 whose score maps are summed. `input_scales=(1, 0.75, 0.5)`
+  classifiers at rates 6/12/18/24 whose score maps are summed; with `backbone="vgg16"` the
+  VGG16 form (Fig. 7), each branch fc6 (3x3, 1024) - fc7 (1x1, 1024) - fc8. `input_scales=(1, 0.75, 0.5)`
   is the paper's multi-scale input ("MSC", Sec. 4.1): one shared network per scale, the
   scores fused by the pixel-wise maximum, and in training every scale's scores supervised
   too (aux keys "scale_1", "scale_0.75", "scale_0.5", weight 1). Deviation: timm's ResNet
@@ -41,7 +42,7 @@ import torch
 from torch import nn
 
 from atrous.backbones import VGG16, Backbone, create_backbone
-from atrous.layers import ASPP, ASPPSum, ConvBNReLU, FCNHead, conv_bn_relu, resize_like
+from atrous.layers import ASPP, ASPPSum, ASPPSumVGG, ConvBNReLU, FCNHead, conv_bn_relu, resize_like
 from atrous.models.base import SegmentationModel
 from atrous.models.fcn import VGG_BACKBONES, vgg_fc_as_conv
 from atrous.models.multiscale import run_at_scales, scale_key
@@ -192,10 +193,14 @@ class DeepLabV2(SegmentationModel):
     Args:
         backbone (str, default "resnet101"): a timm name; ResNet-101 is the paper's (Sec. 4.1),
             timm's with the stride in the 3x3 conv (a deviation, see the module docstring).
+            "vgg16" (or "vgg16_bn") is the paper's VGG16 form (Sec. 3.3, Fig. 7; Table 3):
+            DeepLab v1's dilated VGG16 (3x3 pools, pool4/pool5 at stride 1, conv5 at rate 2),
+            each ASPP branch fc6 (3x3 at its rate, 1024) - fc7 (1x1, 1024) - fc8, summed.
         output_stride (int, default 8): stride of the backbone features and logits; 8 is the
             paper's (Sec. 4.1); 16 or 32 is atrous' option.
-        rates (Sequence[int], default (6, 12, 18, 24)): one 3x3 classifier per rate, their
-            score maps summed: (6, 12, 18, 24) is ASPP-L, (2, 4, 8, 12) ASPP-S (Sec. 4.1).
+        rates (Sequence[int], default (6, 12, 18, 24)): one branch per rate, their score maps
+            summed: (6, 12, 18, 24) is ASPP-L, (2, 4, 8, 12) ASPP-S (Sec. 4.1); on a ResNet
+            each branch is a single 3x3 classifier, as in the reference prototxt.
         input_scales (Sequence[float] | None, default None): None runs at a single scale;
             the paper's multi-scale input "MSC" is (1, 0.75, 0.5) (Sec. 4.1): shared weights,
             scores max-fused, each scale's scores also supervised in training (aux keys
@@ -214,15 +219,21 @@ class DeepLabV2(SegmentationModel):
         input_scales: Sequence[float] | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels)
-        self.backbone = create_backbone(
-            backbone or DEFAULT_BACKBONE,
-            in_channels=in_channels,
-            output_stride=output_stride or 8,
-            pretrained=pretrained_backbone,
-        )
+        if backbone in VGG_BACKBONES:  # the VGG16 form (Fig. 7)
+            self.backbone = VGG16(batch_norm=backbone == "vgg16_bn", in_channels=in_channels,
+                                  output_stride=output_stride or 8, out_indices=(4,), pool_kernel=3,
+                                  pretrained=pretrained_backbone)
+        else:
+            self.backbone = create_backbone(
+                backbone or DEFAULT_BACKBONE,
+                in_channels=in_channels,
+                output_stride=output_stride or 8,
+                pretrained=pretrained_backbone,
+            )
         self.divisor = self.backbone.output_stride
         self.feature_channels = self.backbone.channels[-1]
-        self.aspp = ASPPSum(self.feature_channels, num_classes, rates)
+        aspp = ASPPSumVGG if backbone in VGG_BACKBONES else ASPPSum
+        self.aspp = aspp(self.feature_channels, num_classes, rates)
         self.input_scales = tuple(input_scales) if input_scales else (1.0,)
         if len(self.input_scales) > 1:
             self.aux_weights = {scale_key(s): 1.0 for s in self.input_scales}
