@@ -283,6 +283,24 @@ def test_deeplab_msc_adds_five_128_channel_mlps() -> None:
         assert model(torch.randn(1, 3, 45, 37)).shape == (1, 5, 45, 37)
 
 
+def test_deeplab_v3_going_deeper_cascades_copies_of_block4() -> None:
+    """Chen et al. 2017, Sec. 3.2, Fig. 3: block5-block7 copies of block4 after it, the rate
+    doubling from block to block (2, 4, 8, 16 at output stride 16), each unit times its
+    multi-grid rate (1, 2, 4); the cascaded model puts the classifier on block7 (no ASPP)."""
+    model = meta_model("deeplab_v3", 21, backbone="resnet50", cascade_blocks=3, aspp=False)
+    layer4 = model.backbone.body.layer4
+    assert [u.conv2.dilation[0] for u in layer4] == [2, 4, 8]
+    assert [[u.conv2.dilation[0] for u in block] for block in model.cascade] == [[4, 8, 16], [8, 16, 32], [16, 32, 64]]
+    unit = sum(p.numel() for p in layer4[1].parameters())  # a unit that takes block4's output
+    assert all(sum(p.numel() for p in block.parameters()) == 3 * unit for block in model.cascade)
+    assert model.classifier.in_channels == 2048 and isinstance(model.aspp, torch.nn.Identity)
+    assert model.segment(torch.empty(1, 3, 64, 96, device="meta"))["out"].shape[-2:] == (4, 6)
+    at8 = meta_model("deeplab_v3", 21, backbone="resnet50", cascade_blocks=1, output_stride=8)
+    assert [u.conv2.dilation[0] for u in at8.cascade[0]] == [8, 16, 32]  # block4 at 4, block5 at 8
+    with pytest.raises(ValueError, match="head_conv"):
+        meta_model("deeplab_v3", 21, backbone="resnet50", aspp=False, head_conv=True)
+
+
 def test_deeplab_v2_vgg16_aspp_l_branches_are_fc6_fc7_fc8() -> None:
     """TPAMI 2017, Fig. 7: on VGG16 each ASPP-L branch is fc6 (3x3 at rate 6/12/18/24, 1024) -
     fc7 (1x1, 1024) - fc8, the four branches' scores summed; DeepLab v1's dilated VGG16 below."""

@@ -87,7 +87,8 @@ class TimmBackbone(Backbone):
         if self.feature_modules:
             self._measure_taps(in_channels)
 
-    def _last_stage(self) -> nn.Module:
+    def last_stage(self) -> nn.Module:
+        """The module of the deepest stage (a ResNet's layer4)."""
         module_name = self.body.feature_info.module_name()[-1]
         stage: nn.Module = self.body
         for part in module_name.split("."):
@@ -97,7 +98,7 @@ class TimmBackbone(Backbone):
     def _apply_multi_grid(self, grid: tuple[int, ...], stage_dilation: int) -> None:
         """Multi-grid: block i's 3x3 convs get rate `stage_dilation * grid[i]`
         (e.g. (2, 4, 8) for grid (1, 2, 4) at output stride 16)."""
-        stage = self._last_stage()
+        stage = self.last_stage()
         blocks = list(stage.children()) if isinstance(stage, nn.Sequential) else []
         if not blocks or len(blocks) > len(grid):
             raise ValueError(
@@ -165,3 +166,28 @@ class TimmBackbone(Backbone):
 def _device_of(module: nn.Module) -> torch.device:
     parameter = next(module.parameters(), None)
     return parameter.device if parameter is not None else torch.device("cpu")
+
+
+def cascaded_blocks(backbone: TimmBackbone, count: int, first_rate: int,
+                    multi_grid: Sequence[int] | None) -> nn.Sequential:
+    """`count` copies of a ResNet's last stage placed after it (DeepLab v3's block5, block6,
+    ...; Chen et al. 2017, Sec. 3.2): each copy's units take and give the last stage's
+    channels; copy b (1, 2, ...) runs at rate first_rate * 2**b, each unit at that rate times
+    its multi-grid unit rate. New weights, initialised as the block's constructor does."""
+    units = list(backbone.last_stage().children())
+    block = type(units[0])
+    if not hasattr(block, "expansion") or not hasattr(units[-1], "conv1"):
+        raise ValueError(f"cascaded blocks need a ResNet-style backbone; '{backbone.name}' is not one")
+    channels = backbone.channels[-1]
+    planes = channels // block.expansion
+    width, groups = units[-1].conv1.out_channels, units[-1].conv2.groups
+    base_width = 64 * width // (planes * groups)
+    grid = tuple(multi_grid) if multi_grid else (1,) * len(units)
+    copies = []
+    for b in range(1, count + 1):
+        rates = [first_rate * 2**b * unit for unit in grid[: len(units)]]
+        copies.append(nn.Sequential(*(
+            block(channels, planes, cardinality=groups, base_width=base_width, dilation=rate, first_dilation=rate)
+            for rate in rates
+        )))
+    return nn.Sequential(*copies)

@@ -41,7 +41,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from atrous.backbones import VGG16, Backbone, create_backbone
+from atrous.backbones import VGG16, Backbone, cascaded_blocks, create_backbone
 from atrous.layers import ASPP, ASPPSum, ASPPSumVGG, ConvBNReLU, FCNHead, conv_bn_relu, resize_like
 from atrous.models.base import SegmentationModel
 from atrous.models.fcn import VGG_BACKBONES, vgg_fc_as_conv
@@ -319,6 +319,13 @@ class DeepLabV3(SegmentationModel):
             as torchvision does. atrous' option, not in the paper.
         backbone_options (Mapping[str, Any] | None, default None): keyword arguments for the
             backbone (atrous.backbones.TimmBackbone); atrous' option, not in the paper.
+        cascade_blocks (int, default 0): copies of block4 cascaded after it, "going deeper"
+            (Chen et al. 2017, Sec. 3.2, Fig. 3): block5, block6, ... at rates doubling from
+            block4's (2 at output stride 16: block5-7 at 4, 8, 16), each unit times its
+            multi-grid rate; the paper's cascaded model has 3 (block7) and `aspp=False`
+            (Table 2 and 3). ResNet-style backbones only.
+        aspp (bool, default True): ASPP before the classifier (Sec. 3.3); False puts the 1x1
+            classifier on the deepest block, the cascaded model of Sec. 3.2.
     """
 
     def __init__(
@@ -338,23 +345,37 @@ class DeepLabV3(SegmentationModel):
         rates: Sequence[int] | None = None,
         pad_input: bool = True,
         backbone_options: Mapping[str, Any] | None = None,
+        cascade_blocks: int = 0,
+        aspp: bool = True,
     ) -> None:
         super().__init__(num_classes, in_channels)
         output_stride = output_stride or 16
+        if cascade_blocks < 0:
+            raise ValueError(f"cascade_blocks must be 0 or more, got {cascade_blocks}")
+        if head_conv and not aspp:
+            raise ValueError("head_conv follows ASPP; it needs aspp=True")
         self.backbone, self.aspp = deeplab_encoder(
             backbone, in_channels, output_stride, pretrained_backbone, multi_grid, aspp_channels, aspp_dropout,
             separable, rates, backbone_options,
         )
+        self.cascade = nn.Identity()
+        if cascade_blocks:
+            self.cascade = cascaded_blocks(self.backbone, cascade_blocks, 32 // output_stride,
+                                           _multi_grid_for(backbone or DEFAULT_BACKBONE, multi_grid))
+        width = aspp_channels
+        if not aspp:
+            self.aspp, width = nn.Identity(), self.backbone.channels[-1]
         self.divisor = output_stride if pad_input else 1
         self.head_conv = ConvBNReLU(aspp_channels, aspp_channels) if head_conv else nn.Identity()
-        self.classifier = nn.Conv2d(aspp_channels, num_classes, 1)
+        self.classifier = nn.Conv2d(width, num_classes, 1)
         if aux_head:
             self.aux_head = FCNHead(self.backbone.channels[-2], num_classes)
             self.aux_weights["aux"] = 0.5
 
     def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(x)
-        outputs = {"out": self.classifier(self.head_conv(self.aspp(features[-1])))}
+        deepest = self.cascade(features[-1])  # block4, or block7 when cascaded
+        outputs = {"out": self.classifier(self.head_conv(self.aspp(deepest)))}
         if self.training and "aux" in self.aux_weights:
             outputs["aux"] = self.aux_head(features[-2])  # ResNet: layer3, at stride 16 or 8
         return outputs
