@@ -133,3 +133,35 @@ def test_loss_stride_scores_the_score_maps_grid(tmp_path, monkeypatch):
         scored, _ = trainer_module.at_loss_stride({"out": model(x)}, torch.zeros(1, 64, 64, dtype=torch.long), 8)
     assert scored["out"].shape == raw.shape
     assert (scored["out"] - raw).abs().max() <= 0.15 * raw.abs().max()
+
+
+def test_bootstrapping_duplicates_the_images_with_hard_classes(tmp_path, capsys):
+    """DeepLab v3, Sec. 4.1: images containing a hard class are duplicated in the training set;
+    an epoch then has their copies too."""
+    import numpy as np
+    from PIL import Image
+
+    from atrous.data import FolderDataset
+    from atrous.training.bootstrap import WithDuplicates, class_indices, hard_images
+
+    root = tmp_path / "folder"
+    (root / "images").mkdir(parents=True), (root / "masks").mkdir()
+    for i, classes in enumerate([(0, 1), (1, 2), (0,), (2, 3)]):
+        mask = np.zeros((16, 16), np.uint8)
+        for k, c in enumerate(classes):
+            mask[:, 8 * k :] = c
+        Image.fromarray(mask).save(root / "masks" / f"{i}.png")
+        Image.fromarray(np.full((16, 16, 3), 40 * i, np.uint8)).save(root / "images" / f"{i}.png")
+    dataset = FolderDataset(str(root), None, num_classes=4)
+    assert class_indices(["class_2", "3"], dataset.info.class_names) == [2, 3]
+    assert hard_images(dataset, [2]) == [1, 3]
+    doubled = WithDuplicates(dataset, [1, 3], copies=2)
+    assert doubled.items == [0, 1, 2, 3, 1, 3, 1, 3]
+    assert torch.equal(doubled[4][1], dataset[1][1])
+    with pytest.raises(UserError, match="no such class"):
+        class_indices(["sofa"], dataset.info.class_names)
+    run(tmp_path, "boot", dataset="folder", data_root=str(root), num_classes=4, crop_size=16, batch_size=2,
+        iters=None, epochs=1, bootstrap_class=["class_2"])
+    assert "bootstrapping: 2 of 4 training images duplicated 1x" in capsys.readouterr().out
+    events = [json.loads(line) for line in (tmp_path / "boot" / "log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if "epoch" in e] == [3]  # (4 + 2) images / batch 2

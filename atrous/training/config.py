@@ -68,6 +68,10 @@ class TrainConfig:
     # the loss
     class_weights: str = option("none", "per-class loss weights computed from the training masks",
                                 choices=CLASS_WEIGHTINGS)
+    bootstrap_class: list[str] = option(factory=list, help="duplicate the training images that contain this class "
+                                        "(a name or an index; repeatable): DeepLab v3's bootstrapping of hard classes",
+                                        append=True, metavar="CLASS")
+    bootstrap_copies: int = option(1, "extra copies of each image a --bootstrap-class selects", ge=1)
     loss: str = option("ce", "training loss", choices=list_losses)
     loss_stride: int = option(1, "score the loss at 1/N of the input's resolution: the label at the centre of each NxN "
                               "cell against the logits resized to that grid (DeepLab v1 and v2 train on labels "

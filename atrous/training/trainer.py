@@ -48,6 +48,7 @@ from atrous.outputs import (
 )
 from atrous.runtime import distributed
 from atrous.runtime.device import autocast, resolve_device, resolve_precision
+from atrous.training.bootstrap import WithDuplicates, class_indices, hard_images
 from atrous.training.config import DEFAULT_ITERS, RESUME_MAY_CHANGE, TrainConfig, config_json
 from atrous.training.finetune import (
     freeze_backbone,
@@ -176,7 +177,8 @@ class Trainer:
         self.optimizer = _build_optimizer(self.model, cfg)
         self.precision = resolve_precision(cfg.precision, self.device)  # "auto" -> what runs here
         self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
-        self.total = _total_iters(cfg, len(self.dataset))
+        self.items = self._bootstrapped()  # the dataset, hard images duplicated (--bootstrap-class)
+        self.total = _total_iters(cfg, len(self.items))
         self.class_weights = self._class_weights()
         self.loss = build_loss(cfg.loss, ignore_index=self.info.ignore_index, class_weights=self.class_weights,
                                reduce=distributed.all_reduce_sum, **cfg.loss_settings())
@@ -270,6 +272,15 @@ class Trainer:
                                 void=self.info.ignore_index)
         return weights.to(self.device)
 
+    def _bootstrapped(self) -> torch.utils.data.Dataset:
+        if not self.cfg.bootstrap_class:
+            return self.dataset
+        hard = hard_images(self.dataset, class_indices(self.cfg.bootstrap_class, self.info.class_names))
+        if self.world.is_main:
+            print(f"bootstrapping: {len(hard)} of {len(self.dataset)} training images duplicated "
+                  f"{self.cfg.bootstrap_copies}x ({', '.join(self.cfg.bootstrap_class)})")
+        return WithDuplicates(self.dataset, hard, self.cfg.bootstrap_copies)
+
     def _build_adversary(self):
         if not self.cfg.adversarial:
             return None
@@ -348,7 +359,7 @@ class Trainer:
         cfg = self.cfg
         transform = train_transform(cfg.crop_size, scale=(cfg.scale_min, cfg.scale_max), flip=cfg.flip,
                                     jitter=cfg.jitter, mean=cfg.mean, std=cfg.std)
-        stream = TrainStream(self.dataset, transform, cfg.seed)
+        stream = TrainStream(self.items, transform, cfg.seed)
         self.sampler = GlobalBatchSampler(self.step, self.total, cfg.batch_size, self.world, cfg.grad_accum)
         # a private generator: the loader must not draw from the global RNG (dropout's), or a
         # resumed run would differ from a straight one
@@ -444,7 +455,7 @@ class Trainer:
             os.makedirs(cfg.out, exist_ok=True)
             write_text_atomic(os.path.join(cfg.out, "config.json"), json.dumps(config_json(cfg), indent=2))
         end = self.total if cfg.stop_after is None else min(self.total, self.step + cfg.stop_after)
-        steps_per_epoch = max(1, math.ceil(len(self.dataset) / cfg.batch_size))
+        steps_per_epoch = max(1, math.ceil(len(self.items) / cfg.batch_size))
         bar = tqdm(total=end, initial=self.step, desc=f"train {cfg.model}", disable=not (cfg.progress and self.world.is_main),
                    dynamic_ncols=True, unit="it")
         started = time.perf_counter() - self.elapsed
