@@ -66,3 +66,33 @@ def test_discriminator_learns_to_tell_one_hot_from_soft_maps() -> None:
     soft_logits = torch.randn(4, 3, 16, 16) * 0.1
     losses = [trainer.discriminator_step(images, soft_logits, targets) for _ in range(10)]
     assert losses[-1] < losses[0]
+
+
+def test_scaling_softens_the_ground_truth_as_luc_et_al() -> None:
+    """Sec. 3.2, "scaling": the true class at max(tau, s_l), tau = 0.9, the others sharing the
+    rest in the segmenter's proportions; a void pixel keeps the segmenter's maps."""
+    from atrous.models.adversarial import scaled_ground_truth
+
+    probabilities = torch.tensor([[0.5, 0.3, 0.2], [0.02, 0.95, 0.03], [0.6, 0.3, 0.1]]).T.reshape(1, 3, 1, 3)
+    targets = torch.tensor([[[1, 1, 255]]])
+    real = label_maps_from_targets(targets, probabilities)
+    scaled = scaled_ground_truth(real, probabilities)[0, :, 0].T
+    expected = torch.tensor([[0.5 * 0.1 / 0.7, 0.9, 0.2 * 0.1 / 0.7],  # s_l = 0.3 < tau
+                             [0.02, 0.95, 0.03],  # s_l = 0.95 > tau: the prediction itself
+                             [0.6, 0.3, 0.1]])  # void
+    torch.testing.assert_close(scaled, expected)
+    torch.testing.assert_close(scaled.sum(1), torch.ones(3))
+
+
+def test_each_input_encoding_trains(tmp_path) -> None:
+    from atrous.training.trainer import TrainConfig, train
+
+    widths = {"product": 3 * 7, "basic": 3 + 7, "scaling": 3 + 7}  # 7 synthetic classes
+    for encoding, channels in widths.items():
+        trainer = AdversarialTrainer.for_model(7, encoding=encoding)
+        assert trainer.discriminator.net[0].in_channels == channels
+        out = tmp_path / encoding
+        train(TrainConfig(model="segnet_basic", model_options={"channels": 8}, dataset="synthetic", synthetic_size=32,
+                          synthetic_length=4, crop_size=32, batch_size=2, iters=2, eval_split=None, progress=False,
+                          out=str(out), adversarial=True, adversarial_input=encoding))
+        assert (out / "model.safetensors").is_file()

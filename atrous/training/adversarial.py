@@ -41,7 +41,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from atrous.models.adversarial import SegmentationDiscriminator, label_maps_from_targets
+from atrous.models.adversarial import (
+    SegmentationDiscriminator,
+    label_maps_from_targets,
+    scaled_ground_truth,
+)
 
 
 class AdversarialTrainer:
@@ -59,9 +63,11 @@ class AdversarialTrainer:
 
     @classmethod
     def for_model(
-        cls, num_classes: int, *, in_channels: int = 3, weight: float = 0.1, lr: float = 1e-4
+        cls, num_classes: int, *, in_channels: int = 3, weight: float = 0.1, lr: float = 1e-4,
+        encoding: str = "product",
     ) -> AdversarialTrainer:
-        return cls(SegmentationDiscriminator(num_classes, in_channels=in_channels), weight=weight, lr=lr)
+        discriminator = SegmentationDiscriminator(num_classes, in_channels=in_channels, encoding=encoding)
+        return cls(discriminator, weight=weight, lr=lr)
 
     def to(self, device: torch.device | str) -> AdversarialTrainer:
         self.discriminator.to(device)
@@ -80,6 +86,8 @@ class AdversarialTrainer:
         self.discriminator.train()
         fake = seg_logits.detach().softmax(dim=1)  # (N, C, H, W)
         real = label_maps_from_targets(targets, fake, ignore_index)
+        if self.discriminator.encoding == "scaling":  # Sec. 3.2: ground truth that is not one-hot
+            real = scaled_ground_truth(real, fake)
         real_logits = self.discriminator(images, real)
         fake_logits = self.discriminator(images, fake)
         loss = F.binary_cross_entropy_with_logits(

@@ -13,6 +13,7 @@ from atrous.data import IMAGENET_MEAN, IMAGENET_STD, list_datasets
 from atrous.data.weights import CLASS_WEIGHTINGS
 from atrous.errors import UserError
 from atrous.losses import LEGACY_KEYWORDS, build_loss_options, list_losses, weighted_losses
+from atrous.models.adversarial import ENCODINGS
 from atrous.options import check_options, option
 from atrous.runtime.device import PRECISIONS
 from atrous.runtime.distributed import DEFAULT_TIMEOUT_S
@@ -119,6 +120,9 @@ class TrainConfig:
     synthetic_length: int | None = option(None, "synthetic scenes per split", ge=1)
     adversarial: bool = option(False, "add Luc et al.'s adversarial loss")
     adversarial_weight: float = option(0.1, "lambda of the adversarial loss", ge=0)
+    adversarial_input: str = option("product", "the discriminator's input encoding (Luc et al., Sec. 3.2): the image "
+                                    "masked by each class map, the maps beside the image, or those with the ground "
+                                    "truth softened", choices=list(ENCODINGS))
     progress: bool = option(True, "no progress bar")
     dist_timeout: float = option(DEFAULT_TIMEOUT_S, "seconds a process waits for the others (torchrun)", gt=0)
 

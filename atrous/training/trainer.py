@@ -286,7 +286,8 @@ class Trainer:
             return None
         from atrous.training.adversarial import AdversarialTrainer
 
-        return AdversarialTrainer.for_model(self.info.num_classes, weight=self.cfg.adversarial_weight).to(self.device)
+        return AdversarialTrainer.for_model(self.info.num_classes, weight=self.cfg.adversarial_weight,
+                                            encoding=self.cfg.adversarial_input).to(self.device)
 
     # --- state: nothing in it belongs to one rank, so a run resumes on any number of them ---
     def _state(self) -> dict[str, Any]:
