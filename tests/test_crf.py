@@ -283,10 +283,12 @@ def _reference_filter(q: np.ndarray, window: dict, blur: int, size: tuple[int, i
     _, h, w = low.shape
     message = np.zeros_like(low)
     for (dy, dx), g in window.items():
-        shifted = np.zeros_like(low)
-        shifted[:, max(0, -dy) : min(h, h - dy), max(0, -dx) : min(w, w - dx)] = low[
-            :, max(0, dy) : min(h, h + dy), max(0, dx) : min(w, w + dx)
-        ]
+        shifted = np.zeros_like(low)  # shifted[p] = low[p + o], zero where p + o is outside
+        rows, cols = range(max(0, -dy), min(h, h - dy)), range(max(0, -dx), min(w, w - dx))
+        if len(rows) and len(cols):
+            shifted[:, rows.start : rows.stop, cols.start : cols.stop] = low[
+                :, rows.start + dy : rows.stop + dy, cols.start + dx : cols.stop + dx
+            ]
         message += g * shifted
     if blur == 1:
         return message
@@ -346,6 +348,23 @@ def test_conv_matches_the_reference_formulation(blur, norm, options):
     got = _atrous_conv(logits, image, k=5, blur=blur, iterations=3, **options)
     assert np.abs(expected - np.log(softmax(logits[0].double().numpy()))).max() > 0.1  # the CRF acts
     np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-7)
+
+
+def test_conv_presets_atrous_is_the_default_and_reference_is_convcrf_pys_default_conf():
+    from atrous.crf import conv_crf_preset
+
+    default = ConvCRF().config()
+    assert conv_crf_preset("atrous").config() == default
+    reference = conv_crf_preset("reference", num_iterations=3)
+    assert (reference.filter_size, reference.blur, reference.normalization) == (11, 4, "none")
+    logits, image = _conv_case(16, 20)
+    expected = reference_convcrf(logits, image, k=11, blur=4, iterations=3, norm="none", weight=0.2, use_bias=False,
+                                 pos_sdims=3.0, col_sdims=80.0, col_schan=13.0, pos_compat=3.0, col_compat=10.0)
+    with torch.no_grad():
+        got = reference.double()(logits.double(), image.double())[0].numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-7, atol=1e-7)
+    with pytest.raises(ValueError, match="unknown ConvCRF preset"):
+        conv_crf_preset("conv13")
 
 
 @pytest.mark.parametrize("difference", ["first_message_on_log_probabilities", "sym_norm_with_blur", "size_not_multiple"])

@@ -14,17 +14,19 @@ Both layers return log Q of the last mean-field iteration (normalised log-probab
 Imports only torch.
 """
 
-from atrous.crf.conv import ConvCRF
+from atrous.crf.conv import CONV_PRESETS, ConvCRF, conv_crf_preset
 from atrous.crf.dense import DENSE_PRESETS, DenseCRF, dense_crf_preset, pixel_features
 from atrous.crf.fit import crf_from_config, fit_crf
 from atrous.crf.permutohedral import ExactGaussianFilter, PermutohedralLattice
 
 __all__ = [
+    "CONV_PRESETS",
     "DENSE_PRESETS",
     "ConvCRF",
     "DenseCRF",
     "ExactGaussianFilter",
     "PermutohedralLattice",
+    "conv_crf_preset",
     "crf_from_config",
     "dense_crf_preset",
     "fit_crf",

@@ -35,9 +35,30 @@ from torch import nn
 
 from atrous.crf.dense import _check_inputs, _check_options
 
-__all__ = ["ConvCRF"]
+__all__ = ["CONV_PRESETS", "ConvCRF", "conv_crf_preset"]
 
 _NORMALIZATIONS = ("symmetric", "none")
+
+# Named configurations (docs/crf.md, "ConvCRF presets").
+CONV_PRESETS: dict[str, dict[str, Any]] = {
+    # atrous' default: the paper's window (7x7 on a grid blurred by 4) and mean-field update
+    # (log U + M), kernels normalised symmetrically as DenseCRF's, so that the same widths and
+    # weights mean the same thing in both layers; DenseCRF's (pydensecrf's) kernel parameters
+    "atrous": dict(filter_size=7, blur=4, pos_xy_std=3.0, pos_w=3.0, bi_xy_std=80.0, bi_rgb_std=13.0, bi_w=10.0,
+                   normalization="symmetric"),
+    # the reference implementation's default_conf (Teichmann's convcrf.py): 11x11, blur 4, no
+    # normalisation, 0.2 blend of unary and message, colour-only appearance kernel
+    "reference": dict(filter_size=11, blur=4, pos_xy_std=3.0, pos_w=3.0, bi_xy_std=80.0, bi_rgb_std=13.0, bi_w=10.0,
+                      normalization="none", message_weight=0.2, appearance_positions=False),
+}
+
+
+def conv_crf_preset(name: str, **overrides: Any) -> ConvCRF:
+    """A ConvCRF with one of CONV_PRESETS' configurations ("atrous", "reference"); add
+    compatibility="matrix", num_classes=K for "+C" and trainable_kernels=True for "+T"."""
+    if name not in CONV_PRESETS:
+        raise ValueError(f"unknown ConvCRF preset {name!r}; choose from {sorted(CONV_PRESETS)}")
+    return ConvCRF(**{**CONV_PRESETS[name], **overrides})
 
 
 class ConvCRF(nn.Module):
