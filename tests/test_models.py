@@ -169,6 +169,50 @@ def test_fcn_loads_torchvision_vgg16_with_fc6_fc7_as_convolutions(tmp_path) -> N
     torch.testing.assert_close(fc7_conv, fc7_linear, atol=1e-4, rtol=1e-4)
 
 
+def test_unet_as_published_maps_a_572_tile_to_388_scores() -> None:
+    """Ronneberger et al., Fig. 1: unpadded 3x3 convolutions, skips cropped: 572 -> 388."""
+    model = meta_model("unet", 2, in_channels=1, padding="valid")
+    assert model.valid_scores(torch.empty(1, 1, 572, 572, device="meta")).shape == (1, 2, 388, 388)
+    assert all(c.padding == (0, 0) for c in model.modules() if isinstance(c, torch.nn.Conv2d))
+    same = meta_model("unet", 2, in_channels=1)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in same.parameters())
+    with pytest.raises(ValueError, match="not an input side"):
+        model.valid_scores(torch.empty(1, 1, 570, 572, device="meta"))
+
+
+def test_mirror_pad_reflects_as_numpy_at_any_width() -> None:
+    import numpy as np
+
+    from atrous.models.unet import mirror_pad
+
+    x = torch.arange(15.0).reshape(1, 1, 3, 5)
+    got = mirror_pad(x, 7, 2, 1, 11)[0, 0].numpy()
+    np.testing.assert_array_equal(got, np.pad(x[0, 0].numpy(), ((7, 2), (1, 11)), mode="reflect"))
+
+
+def test_unet_overlap_tile_stitches_tiles_run_by_hand() -> None:
+    """Fig. 2: the image mirrored by the 92-pixel margin the network consumes, output tiles of
+    at most `tile` pixels, each computed from its input tile; model(x) keeps the input's size."""
+    import numpy as np
+
+    torch.manual_seed(0)
+    model = atrous.create_model("unet", 3, in_channels=1, padding="valid", base_channels=4, tile=20).eval()
+    image = torch.randn(1, 1, 37, 50)
+    with torch.no_grad():
+        got = model(image)
+        padded = torch.from_numpy(np.pad(image[0, 0].numpy(), ((92, 92 + 2 * 20 - 37), (92, 92 + 3 * 20 - 50)),
+                                         mode="reflect"))[None, None]
+        expected = torch.zeros(1, 3, 40, 60)
+        for i in range(2):
+            for j in range(3):
+                tile = padded[..., 20 * i : 20 * i + 204, 20 * j : 20 * j + 204]  # 204 -> 20
+                expected[..., 20 * i : 20 * i + 20, 20 * j : 20 * j + 20] = model.valid_scores(tile)
+    assert got.shape == (1, 3, 37, 50)
+    torch.testing.assert_close(got, expected[..., :37, :50])
+    with pytest.raises(ValueError, match="not an output size"):
+        atrous.create_model("unet", 3, padding="valid", tile=101)
+
+
 # ---- SegNet ------------------------------------------------------------------------------
 
 
