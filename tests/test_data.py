@@ -20,7 +20,7 @@ from atrous.data import (
     train_transform,
 )
 from atrous.data.synthetic import BALL, BOAT, CAR, POLE, ROAD, WATER
-from atrous.data.transforms import RandomCrop, RandomHorizontalFlip, RandomScale
+from atrous.data.transforms import ElasticDeform, RandomCrop, RandomHorizontalFlip, RandomScale
 from atrous.data.weights import class_weights
 
 
@@ -99,6 +99,37 @@ def test_flip_and_scale_keep_image_and_mask_together():
     assert scaled_mask.shape == (20, 40) and scaled_image.shape == (3, 20, 40)
     assert set(scaled_mask.unique().tolist()) == {0, 1}
     assert scaled_mask[:, :9].eq(1).all() and scaled_mask[:, 11:].eq(0).all()
+
+
+class ConstantNormal:
+    """A generator whose Gaussian draws are all `value`: a known, uniform displacement."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def normal(self, mean, std, size):
+        return np.full(size, self.value)
+
+
+def test_elastic_deformation_moves_image_and_mask_together():
+    """Ronneberger et al., Sec. 3.1: displacements on a 3x3 grid, bicubic in between. A
+    uniform displacement of 2 pixels takes each pixel from 2 rows down and 2 columns right;
+    a zero one changes nothing; the mask keeps its labels (nearest neighbour)."""
+    image = torch.randint(0, 256, (3, 20, 24), dtype=torch.uint8)
+    mask = torch.randint(0, 5, (20, 24))
+    moved_image, moved_mask = ElasticDeform(10.0)(image, mask, ConstantNormal(2.0))
+    assert torch.equal(moved_image[:, :-2, :-2], image[:, 2:, 2:])
+    assert torch.equal(moved_mask[:-2, :-2], mask[2:, 2:])
+    same_image, same_mask = ElasticDeform(10.0)(image, mask, ConstantNormal(0.0))
+    assert torch.equal(same_image, image) and torch.equal(same_mask, mask)
+    rng = np.random.default_rng(0)
+    field = ElasticDeform(10.0).displacement(21, 31, rng)
+    coarse = np.random.default_rng(0).normal(0.0, 10.0, size=(1, 2, 3, 3))[0]
+    corners = field[:, [0, 0, 10, 20], [0, 30, 15, 30]].numpy()  # grid points: corners and centre
+    np.testing.assert_allclose(corners, coarse[:, [0, 0, 1, 2], [0, 2, 1, 2]], rtol=1e-5)
+    warped_image, warped_mask = ElasticDeform(10.0)(image, mask, np.random.default_rng(1))
+    assert set(warped_mask.unique().tolist()) <= set(mask.unique().tolist())
+    assert (warped_mask != mask).float().mean() > 0.2 and warped_image.dtype == torch.uint8
 
 
 def test_train_transform_is_reproducible_by_seed():

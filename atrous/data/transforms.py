@@ -85,6 +85,37 @@ class RandomHorizontalFlip:
         return image, mask
 
 
+class ElasticDeform:
+    """U-Net's elastic deformation (Ronneberger et al. 2015, Sec. 3.1): random displacement
+    vectors on a coarse `grid` x `grid` grid (3 x 3), drawn from a Gaussian of `sigma` pixels
+    (10), interpolated bicubically to every pixel; the image resampled bilinearly, the mask by
+    nearest neighbour, both mirrored at the border."""
+
+    def __init__(self, sigma: float = 10.0, grid: int = 3) -> None:
+        if sigma < 0 or grid < 2:
+            raise ValueError(f"elastic deformation needs sigma >= 0 and a grid of 2 or more, got {sigma}, {grid}")
+        self.sigma, self.grid = sigma, grid
+
+    def displacement(self, height: int, width: int, rng: np.random.Generator) -> torch.Tensor:
+        """(2, H, W) per-pixel displacements (dy, dx) in pixels."""
+        coarse = torch.from_numpy(rng.normal(0.0, self.sigma, size=(1, 2, self.grid, self.grid))).float()
+        return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)[0]
+
+    def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> Pair:
+        height, width = mask.shape
+        dy, dx = self.displacement(height, width, rng)
+        ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
+                                indexing="ij")
+        # grid_sample's coordinates: -1 and 1 are the centres of the corner pixels (align_corners)
+        grid = torch.stack([(xs + dx) / max(width - 1, 1) * 2 - 1, (ys + dy) / max(height - 1, 1) * 2 - 1], dim=-1)
+        warped = F.grid_sample(image[None].float(), grid[None], mode="bilinear", padding_mode="reflection",
+                               align_corners=True)[0]
+        warped = warped.round_().clamp_(0, 255).to(image.dtype) if image.dtype == torch.uint8 else warped
+        labels = F.grid_sample(mask[None, None].float(), grid[None], mode="nearest", padding_mode="reflection",
+                               align_corners=True)[0, 0].long()
+        return warped, labels
+
+
 class ColorJitter:
     """Brightness, contrast and saturation factors drawn from [1 - x, 1 + x]; image only."""
 
@@ -118,16 +149,20 @@ def train_transform(
     scale: tuple[float, float] | None = (0.5, 2.0),
     flip: bool = True,
     jitter: float = 0.0,
+    elastic: float = 0.0,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
 ) -> Compose:
     """DeepLab's training augmentation: random scale, random crop padded with ignore,
-    horizontal flip; optional colour jitter; normalisation."""
+    horizontal flip; optional elastic deformation of the crop (U-Net's, `elastic` pixels on a
+    3 x 3 grid) and colour jitter; normalisation."""
     steps: list = []
     if scale is not None and scale != (1.0, 1.0):
         steps.append(RandomScale(*scale))
     if crop_size:
         steps.append(RandomCrop(crop_size))
+    if elastic > 0:
+        steps.append(ElasticDeform(elastic))
     if flip:
         steps.append(RandomHorizontalFlip())
     if jitter > 0:

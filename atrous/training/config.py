@@ -95,6 +95,8 @@ class TrainConfig:
     scale_max: float = option(2.0, "largest random scale", gt=0)
     flip: bool = option(True, "no random left-right flips")
     jitter: float = option(0.0, "colour jitter strength (0 = off)", ge=0)
+    elastic: float = option(0.0, "elastic deformation of each crop: displacements with this std in pixels on a 3x3 "
+                            "grid, bicubic (U-Net's is 10); 0 is off", ge=0)
     mean: tuple[float, ...] = option(IMAGENET_MEAN, "normalisation mean (RGB, 0-1)", cli=False)
     std: tuple[float, ...] = option(IMAGENET_STD, "normalisation standard deviation (RGB, 0-1)", cli=False, gt=0)
     # arithmetic and speed

@@ -359,7 +359,7 @@ class Trainer:
         """This rank's micro-batches, from the current step to the end, one per item."""
         cfg = self.cfg
         transform = train_transform(cfg.crop_size, scale=(cfg.scale_min, cfg.scale_max), flip=cfg.flip,
-                                    jitter=cfg.jitter, mean=cfg.mean, std=cfg.std)
+                                    jitter=cfg.jitter, elastic=cfg.elastic, mean=cfg.mean, std=cfg.std)
         stream = TrainStream(self.items, transform, cfg.seed)
         self.sampler = GlobalBatchSampler(self.step, self.total, cfg.batch_size, self.world, cfg.grad_accum)
         # a private generator: the loader must not draw from the global RNG (dropout's), or a
