@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -149,3 +150,31 @@ def test_build_loss_refuses_what_does_not_fit():
         build_loss("hinge")
     with pytest.raises(ValueError, match="class weights"):
         build_loss("dice", class_weights=torch.ones(3))
+
+
+def test_unet_weight_map_by_hand():
+    """Ronneberger et al., Eq. 2: two cells (class 1) three columns apart; a gap pixel one and
+    two pixels from them weighs 1 + 10 exp(-(1 + 2)^2 / (2 * 5^2)); cell pixels weigh 1; a
+    background pixel near one cell only is weighted by its distance to both."""
+    from atrous.losses.unet_weight_map import border_weights
+
+    labels = np.zeros((4, 12), np.int64)
+    labels[:, 0:5] = 1  # cell A: columns 0-4
+    labels[:, 7:10] = 1  # cell B: columns 7-9; gap: columns 5, 6; background: 10, 11
+    weights = border_weights(labels)
+    gap = 10 * np.exp(-(1 + 2) ** 2 / 50)
+    np.testing.assert_allclose(weights[:, 5], gap, rtol=1e-6)
+    np.testing.assert_allclose(weights[:, 6], gap, rtol=1e-6)
+    np.testing.assert_allclose(weights[:, 11], 10 * np.exp(-(2 + 7) ** 2 / 50), rtol=1e-6)
+    assert not weights[labels == 1].any()
+    assert not border_weights(np.zeros((4, 4), np.int64)).any()  # fewer than two objects
+    target = torch.from_numpy(labels)[None].clone()
+    target[0, 0, 11] = 255  # void
+    logits = torch.randn(1, 2, 4, 12)
+    loss = build_loss("unet_weight_map")
+    total = BatchTotals(pixel_weight=float((target != 255).sum()), images=1)
+    ce = torch.nn.functional.cross_entropy(logits, target.clamp(max=1), reduction="none")[0]
+    w = 1 + torch.from_numpy(weights)
+    w[0, 11] = 0
+    expected = (w * ce).sum() / total.pixel_weight
+    torch.testing.assert_close(loss(logits, target, total), expected)
