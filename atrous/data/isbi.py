@@ -12,6 +12,7 @@ No labelled test set is public, so slices are held out: `train` = slices 0-24,
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -51,12 +52,21 @@ class ISBI2012(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
+    def labels(self) -> Iterator[np.ndarray]:
+        """Every label map of the split as class indices (for class weights); images are not read."""
+        for _, mask_path in self.items:
+            yield _classes(read_mask(mask_path), mask_path)
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image_path, mask_path = self.items[index]
         image = read_image(image_path)
-        source = read_mask(mask_path)
-        bad = np.setdiff1d(np.unique(source), (0, SOURCE_CELL))
-        if bad.size:
-            raise DataError(f"mask {mask_path} has values {bad.tolist()[:5]}; ISBI labels are 0 (membrane) or 255 (cell)")
-        mask = (source == SOURCE_CELL).astype(np.uint8)
+        mask = _classes(read_mask(mask_path), mask_path)
         return image, check_pair(image, mask, num_classes=2, ignore_index=IGNORE_INDEX, mask_path=mask_path)
+
+
+def _classes(source: np.ndarray, mask_path: str) -> np.ndarray:
+    """Label PNG values -> classes: 0 (membrane) -> 0, 255 (cell) -> 1; anything else refused."""
+    bad = np.setdiff1d(np.unique(source), (0, SOURCE_CELL))
+    if bad.size:
+        raise DataError(f"mask {mask_path} has values {bad.tolist()[:5]}; ISBI labels are 0 (membrane) or 255 (cell)")
+    return (source == SOURCE_CELL).astype(np.uint8)
