@@ -1,4 +1,4 @@
-"""atrous.infer against references computed here by hand (numpy bilinear matrices, tiles
+"""atrous.infer against references computed by hand (numpy bilinear matrices from tests/by_hand.py, tiles
 listed literally, explicit loops over views), never through atrous.infer itself."""
 
 from __future__ import annotations
@@ -12,34 +12,16 @@ import atrous
 from atrous.errors import UserError
 from atrous.inference.infer import tile_starts
 from atrous.runtime.device import resolve_precision
+from tests.by_hand import interpolation_matrix, softmax
 
 K = 4  # classes of the test models
 
 
-def bilinear_matrix(size_out: int, size_in: int) -> np.ndarray:
-    """(out, in) weights of 1-D bilinear resampling, align_corners=False (half-pixel
-    centres, the source coordinate clamped at 0 and at the last pixel)."""
-    matrix = np.zeros((size_out, size_in))
-    for i in range(size_out):
-        src = max((i + 0.5) * size_in / size_out - 0.5, 0.0)
-        low = min(int(np.floor(src)), size_in - 1)
-        high = min(low + 1, size_in - 1)
-        frac = src - low
-        matrix[i, low] += 1 - frac
-        matrix[i, high] += frac
-    return matrix
-
-
 def resize(array: np.ndarray, height: int, width: int) -> np.ndarray:
     """(..., H, W) -> (..., height, width) by the two bilinear matrices."""
-    rows = bilinear_matrix(height, array.shape[-2])
-    cols = bilinear_matrix(width, array.shape[-1])
+    rows = interpolation_matrix(height, array.shape[-2])
+    cols = interpolation_matrix(width, array.shape[-1])
     return rows @ array @ cols.T
-
-
-def softmax(logits: np.ndarray, axis: int) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
 
 
 class Pointwise(nn.Module):
