@@ -177,6 +177,7 @@ class UNet(SegmentationModel):
     def _build_original(self, base: int, batch_norm: bool, dropout: float) -> None:
         widths = [base * 2**i for i in range(5)]  # 64, 128, 256, 512, 1024
         pad = 0 if self.valid else 1
+        self.encoder_stride = 16  # four 2x2 poolings
         self.divisor = 1 if self.valid else 16  # the valid network tiles the image itself
         self.down = nn.ModuleList(
             [double_conv(self.in_channels, widths[0], batch_norm, pad)]
