@@ -12,8 +12,9 @@ Writes docs/models.md and benchmarks/results/model_table.json and prints the tab
   "logit stride" is the stride of the logits before the final upsampling.
 - Receptive field: the theoretical one, measured as the extent of the support of the
   gradient of the centre output pixel w.r.t. the input, in a linearised copy of the
-  model (ReLUs removed, max pools turned into average pools of the same geometry, so that
-  no path is cut by an inactive unit), at 512x512 and therefore capped at 512. SegNet's
+  model (ReLUs removed, max pools turned into average pools of the same geometry, every
+  weight positive, so that no path is cut by an inactive unit or a zero-initialised layer),
+  at 512x512 and therefore capped at 512. SegNet's
   pooling stays max pooling (its unpooling needs the indices; its support follows the
   argmaxes, a lower bound).
 """
@@ -102,12 +103,27 @@ def linearised(model: nn.Module, keep_max_pools: bool = False) -> nn.Module:
     return model
 
 
+def positive_weights(model: nn.Module) -> None:
+    """Every weight positive, each convolution's scaled by its fan-in: no path of the
+    architecture is cut by a zero-initialised layer (RefineNet's residual convolutions, FCN's
+    skip scores) and none cancels another, so the support is the architecture's."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for module in model.modules():
+            for parameter in module.parameters(recurse=False):
+                values = torch.rand(parameter.shape, generator=generator) + 0.5
+                if isinstance(module, nn.Conv2d | nn.ConvTranspose2d | nn.Linear) and parameter.dim() > 1:
+                    values /= parameter[0].numel()
+                parameter.copy_(values)
+
+
 def receptive_field(name: str, size: int, options: dict | None = None) -> int:
     """Side of the bounding box of the input-gradient support of the centre output pixel."""
     torch.manual_seed(0)
     num_classes, in_channels = configuration(name)
     model = atrous.create_model(name, num_classes, in_channels=in_channels, **(options or {}))
     model = linearised(model, keep_max_pools=name == "segnet").eval()  # SegNet needs the indices
+    positive_weights(model)
     model.requires_grad_(False)
     x = torch.randn(1, in_channels, size, size, requires_grad=True)
     out = model(x)
