@@ -96,3 +96,29 @@ def test_each_input_encoding_trains(tmp_path) -> None:
                           synthetic_length=4, crop_size=32, batch_size=2, iters=2, eval_split=None, progress=False,
                           out=str(out), adversarial=True, adversarial_input=encoding))
         assert (out / "model.safetensors").is_file()
+
+
+def test_discriminator_pretraining_holds_the_trained_segmenter_fixed(tmp_path) -> None:
+    """Luc et al.'s procedure: a trained segmenter, the discriminator pre-trained against it
+    (--adversarial-pretrain N: the segmenter neither steps nor updates its batch norm), then both."""
+    import pytest
+    from safetensors.torch import load_file
+
+    from atrous.errors import UserError
+    from atrous.training.trainer import TrainConfig, train
+
+    base = dict(model="segnet_basic", model_options={"channels": 8}, dataset="synthetic", synthetic_size=32,
+                synthetic_length=4, crop_size=32, batch_size=2, eval_split=None, progress=False)
+    train(TrainConfig(**base, iters=2, out=str(tmp_path / "segmenter")))
+    trained = load_file(tmp_path / "segmenter" / "model.safetensors")
+    source = str(tmp_path / "segmenter" / "model.safetensors")
+    train(TrainConfig(**base, iters=2, out=str(tmp_path / "phase2"), init_from=source, adversarial=True,
+                      adversarial_pretrain=2))
+    held = load_file(tmp_path / "phase2" / "model.safetensors")
+    assert all(torch.equal(held[k], trained[k]) for k in trained)  # weights and running statistics
+    train(TrainConfig(**base, iters=2, out=str(tmp_path / "phase3"), init_from=source, adversarial=True,
+                      adversarial_pretrain=1))
+    joint = load_file(tmp_path / "phase3" / "model.safetensors")
+    assert any(not torch.equal(joint[k], trained[k]) for k in trained)  # the second step trains both
+    with pytest.raises(UserError, match="add --adversarial"):
+        train(TrainConfig(**base, iters=1, out=str(tmp_path / "refused"), adversarial_pretrain=1))

@@ -122,6 +122,9 @@ class TrainConfig:
     synthetic_length: int | None = option(None, "synthetic scenes per split", ge=1)
     adversarial: bool = option(False, "add Luc et al.'s adversarial loss")
     adversarial_weight: float = option(0.1, "lambda of the adversarial loss", ge=0)
+    adversarial_pretrain: int = option(0, "iterations at the start in which only the discriminator learns, the "
+                                       "segmenter held fixed (Luc et al.: D pre-trained against a trained segmenter, "
+                                       "from --init-from, before both train together)", ge=0)
     adversarial_input: str = option("product", "the discriminator's input encoding (Luc et al., Sec. 3.2): the image "
                                     "masked by each class map, the maps beside the image, or those with the ground "
                                     "truth softened", choices=list(ENCODINGS))

@@ -283,6 +283,8 @@ class Trainer:
 
     def _build_adversary(self):
         if not self.cfg.adversarial:
+            if self.cfg.adversarial_pretrain:
+                raise UserError("--adversarial-pretrain trains the discriminator of --adversarial; add --adversarial")
             return None
         from atrous.training.adversarial import AdversarialTrainer
 
@@ -396,7 +398,10 @@ class Trainer:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         micro_batches = [self._to_device(images, masks) for images, masks in micro_batches]
         totals = self._batch_totals([labels_at_stride(masks, self.cfg.loss_stride) for _, masks in micro_batches])
-        self.model.train()
+        # Luc et al.'s second phase (--adversarial-pretrain): the trained segmenter held fixed
+        # (eval mode, no step) while the discriminator learns against it
+        pretraining = self.adversary is not None and self.step < self.cfg.adversarial_pretrain
+        self.model.train(not pretraining)
         for module in self.frozen_norms:  # --freeze backbone / --freeze-bn: statistics stay as loaded
             module.eval()
         self.optimizer.zero_grad(set_to_none=True)
@@ -411,7 +416,9 @@ class Trainer:
                 parts = self._forward_backward(images, masks, totals)
             for key, value in parts.items():
                 shares[key] = shares[key] + value if key in shares else value
-        if self.scaler is not None:
+        if pretraining:
+            self.optimizer.zero_grad(set_to_none=True)  # the segmenter's gradient is not applied
+        elif self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
