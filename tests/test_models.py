@@ -349,7 +349,7 @@ def test_deeplab_v2_vgg16_aspp_l_branches_are_fc6_fc7_fc8() -> None:
     """TPAMI 2017, Fig. 7: on VGG16 each ASPP-L branch is fc6 (3x3 at rate 6/12/18/24, 1024) -
     fc7 (1x1, 1024) - fc8, the four branches' scores summed; DeepLab v1's dilated VGG16 below."""
     model = meta_model("deeplab_v2", 21, backbone="vgg16")
-    convs = [[m for m in branch if isinstance(m, torch.nn.Conv2d)] for branch in model.aspp.branches]
+    convs = [[m for m in branch.modules() if isinstance(m, torch.nn.Conv2d)] for branch in model.aspp.branches]
     assert [c[0].dilation[0] for c in convs] == [6, 12, 18, 24]
     assert all([(x.kernel_size[0], x.out_channels) for x in c] == [(3, 1024), (1, 1024), (1, 21)] for c in convs)
     branch = 3 * 3 * 512 * 1024 + 1024 + 1024 * 1024 + 1024 + 1024 * 21 + 21

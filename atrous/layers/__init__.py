@@ -1,7 +1,7 @@
 """Building blocks shared by the model families (depends on torch only)."""
 
 from atrous.layers.aspp import ASPP, ASPPPooling
-from atrous.layers.aspp_sum import ASPPSum, ASPPSumVGG
+from atrous.layers.aspp_sum import ASPPSum, SummedBranches
 from atrous.layers.conv import ConvBNReLU, SeparableConv2d, conv_bn_relu
 from atrous.layers.fcn_head import FCNHead
 from atrous.layers.init import INIT_SCHEMES, he_init_, keep_init
@@ -19,7 +19,6 @@ __all__ = [
     "ASPP",
     "ASPPPooling",
     "ASPPSum",
-    "ASPPSumVGG",
     "BilinearConvTranspose2d",
     "ChainedResidualPooling",
     "ConvBNReLU",
@@ -30,6 +29,7 @@ __all__ = [
     "PyramidPooling",
     "RefineNetBlock",
     "ResidualConvUnit",
+    "SummedBranches",
     "SeparableConv2d",
     "bilinear_kernel",
     "conv_bn_relu",

@@ -11,13 +11,25 @@ from torch import nn
 from atrous.layers.init import keep_init
 
 
-class ASPPSum(nn.Module):
+class SummedBranches(nn.Module):
+    """Parallel branches whose outputs are summed (ASPP-L's score maps)."""
+
+    def __init__(self, branches: Sequence[nn.Module]) -> None:
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([branch(x) for branch in self.branches]).sum(dim=0)
+
+
+class ASPPSum(SummedBranches):
     """One 3x3 convolution per rate straight to `num_classes` (ASPP-L: rates 6, 12, 18, 24),
     outputs summed: (N, C, H, W) -> (N, num_classes, H, W).
 
     On ResNet-101 (the reference deeplab-v2 prototxt) each branch is the single 3x3
-    classifier built here; the VGG16 form is `ASPPSumVGG`. `init_std` is the reference's
-    Gaussian initialisation (std 0.01, bias 0).
+    classifier built here; the VGG16 form sums DeepLab v1's fc6-fc7-fc8 heads instead
+    (atrous.models.deeplab). `init_std` is the reference's Gaussian initialisation (std
+    0.01, bias 0).
     """
 
     def __init__(
@@ -28,46 +40,9 @@ class ASPPSum(nn.Module):
         *,
         init_std: float = 0.01,
     ) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList(
-            nn.Conv2d(in_channels, num_classes, 3, padding=rate, dilation=rate) for rate in rates
-        )
+        super().__init__([nn.Conv2d(in_channels, num_classes, 3, padding=rate, dilation=rate) for rate in rates])
         for conv in self.branches:
             nn.init.normal_(conv.weight, std=init_std)
             nn.init.zeros_(conv.bias)
             keep_init(conv)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([branch(x) for branch in self.branches]).sum(dim=0)
-
-
-class ASPPSumVGG(nn.Module):
-    """ASPP in DeepLab v2's VGG16 form (Fig. 7): per rate, fc6 (3x3 at that rate, `width`) -
-    ReLU - dropout - fc7 (1x1, `width`) - ReLU - dropout - fc8 (1x1 to the classes), the
-    branches' scores summed: (N, C, H, W) -> (N, num_classes, H, W)."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        num_classes: int,
-        rates: Sequence[int] = (6, 12, 18, 24),
-        *,
-        width: int = 1024,
-        dropout: float = 0.5,
-    ) -> None:
-        super().__init__()
-        self.branches = nn.ModuleList(
-            nn.Sequential(
-                nn.Conv2d(in_channels, width, 3, padding=rate, dilation=rate),
-                nn.ReLU(inplace=True),
-                nn.Dropout(dropout),
-                nn.Conv2d(width, width, 1),
-                nn.ReLU(inplace=True),
-                nn.Dropout(dropout),
-                nn.Conv2d(width, num_classes, 1),
-            )
-            for rate in rates
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.stack([branch(x) for branch in self.branches]).sum(dim=0)

@@ -42,7 +42,15 @@ import torch
 from torch import nn
 
 from atrous.backbones import VGG16, Backbone, cascaded_blocks, create_backbone
-from atrous.layers import ASPP, ASPPSum, ASPPSumVGG, ConvBNReLU, FCNHead, conv_bn_relu, resize_like
+from atrous.layers import (
+    ASPP,
+    ASPPSum,
+    ConvBNReLU,
+    FCNHead,
+    SummedBranches,
+    conv_bn_relu,
+    resize_like,
+)
 from atrous.models.base import SegmentationModel
 from atrous.models.fcn import VGG_BACKBONES, vgg_fc_as_conv
 from atrous.models.multiscale import run_at_scales, scale_key
@@ -232,8 +240,14 @@ class DeepLabV2(SegmentationModel):
             )
         self.divisor = self.backbone.output_stride
         self.feature_channels = self.backbone.channels[-1]
-        aspp = ASPPSumVGG if backbone in VGG_BACKBONES else ASPPSum
-        self.aspp = aspp(self.feature_channels, num_classes, rates)
+        if backbone in VGG_BACKBONES:  # per rate DeepLab v1's head: fc6 (3x3 at the rate) - fc7 - fc8
+            self.aspp = SummedBranches([
+                nn.Sequential(vgg_fc_as_conv(self.feature_channels, 1024, 3, 0.5, dilation=rate),
+                              nn.Conv2d(1024, num_classes, 1))
+                for rate in rates
+            ])
+        else:
+            self.aspp = ASPPSum(self.feature_channels, num_classes, rates)
         self.input_scales = tuple(input_scales) if input_scales else (1.0,)
         if len(self.input_scales) > 1:
             self.aux_weights = {scale_key(s): 1.0 for s in self.input_scales}
