@@ -178,3 +178,20 @@ def test_unet_weight_map_by_hand():
     w[0, 11] = 0
     expected = (w * ce).sum() / total.pixel_weight
     torch.testing.assert_close(loss(logits, target, total), expected)
+
+
+def test_unet_weight_map_is_computed_once_per_target(monkeypatch):
+    """Auxiliary outputs are scored against the same target: the distance transforms run once."""
+    import atrous.losses.unet_weight_map as module
+
+    calls = []
+    real = module.border_weights
+    monkeypatch.setattr(module, "border_weights", lambda *a, **k: calls.append(1) or real(*a, **k))
+    loss = build_loss("unet_weight_map")
+    target = torch.zeros(2, 8, 8, dtype=torch.long)
+    total = BatchTotals(pixel_weight=128.0, images=2)
+    outputs = {"out": torch.randn(2, 2, 8, 8), "aux": torch.randn(2, 2, 8, 8)}
+    total_loss(loss, outputs, target, {"aux": 0.4}, total)
+    assert len(calls) == 2  # one per image, once
+    loss(torch.randn(2, 2, 8, 8), target.clone(), total)
+    assert len(calls) == 4  # a new target is computed again

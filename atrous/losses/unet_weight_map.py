@@ -53,13 +53,19 @@ class UNetWeightMap(SegmentationLoss):
         if w0 < 0 or sigma <= 0:
             raise ValueError(f"unet_weight_map needs w0 >= 0 and sigma > 0, got {w0}, {sigma}")
         self.w0, self.sigma, self.object_class = w0, sigma, object_class
+        self._last: tuple[torch.Tensor, torch.Tensor] | None = None  # (target, its weights)
 
     def pixel_weights(self, target: torch.Tensor) -> torch.Tensor:
-        """(n, H, W) -> (n, H, W): w(x) of Eq. 2, 0 on void."""
+        """(n, H, W) -> (n, H, W): w(x) of Eq. 2, 0 on void. Computed once per target: a
+        model's auxiliary outputs are scored against the same target tensor."""
+        if self._last is not None and self._last[0] is target:
+            return self._last[1]
         valid, safe = labels_of(target, self.ignore_index)
         borders = [border_weights(t.cpu().numpy(), self.object_class, self.w0, self.sigma) for t in target]
         border = torch.from_numpy(np.stack(borders)).to(target.device)
-        return (self._pixel_weights(valid, safe) + border) * valid
+        weights = (self._pixel_weights(valid, safe) + border) * valid
+        self._last = (target, weights)
+        return weights
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, totals: BatchTotals) -> torch.Tensor:
         _, safe = labels_of(target, self.ignore_index)
