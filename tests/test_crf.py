@@ -77,6 +77,27 @@ def test_lattice_batch_is_independent():
         torch.testing.assert_close(together[i : i + 1], alone, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("batch", [1, 2])
+def test_lattice_int64_keys_give_the_int32_lattice(monkeypatch, batch):
+    # keys are int32 where the feature range allows (these scenes), int64 otherwise: both
+    # paths must build the same lattice (same vertices, neighbours, filter)
+    import atrous.crf.permutohedral as lattice_module
+
+    features = pixel_features(torch.cat([scene(16, 18, seed=s) for s in range(batch)]), 4.0, 10.0)
+    values = torch.rand(batch, 16 * 18, 3, generator=torch.Generator().manual_seed(2))
+    chosen = []
+    real = lattice_module._key_dtype
+    monkeypatch.setattr(lattice_module, "_key_dtype", lambda r: chosen.append(real(r)) or real(r))
+    narrow = PermutohedralLattice(features)
+    assert chosen == [torch.int32, torch.int32]
+    monkeypatch.setattr(lattice_module, "_key_dtype", lambda r: torch.int64)
+    wide = PermutohedralLattice(features)
+    assert wide.num_vertices == narrow.num_vertices
+    assert torch.equal(wide.vertices.long(), narrow.vertices.long())
+    assert torch.equal(wide.neighbours.long(), narrow.neighbours.long())
+    torch.testing.assert_close(wide.filter(values), narrow.filter(values), rtol=0, atol=0)
+
+
 def test_lattice_filter_is_linear():
     # (densecrf's blur runs the directions in a fixed order, so K is only nearly symmetric)
     features = pixel_features(scene(10, 12), 3.0, 20.0)

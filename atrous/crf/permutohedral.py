@@ -11,10 +11,12 @@ The lattice follows Adams, Baek & Davis, "Fast High-Dimensional Filtering Using 
 Permutohedral Lattice" (Eurographics 2010) in the form used by Krähenbühl's densecrf (and so
 pydensecrf): splat with barycentric weights, a [1/2, 1, 1/2] blur along each of the d+1 lattice
 directions, slice with the same weights. The lattice is built without Python loops over
-pixels: every pixel's d+1 enclosing simplex vertices get integer keys, packed into one int64
-(batch index included), deduplicated with ``torch.unique``, and each vertex finds its blur
-neighbours by ``searchsorted`` on the sorted keys. Filtering is differentiable in ``values``
-(index_add / gather); the lattice structure itself is a constant of the features.
+pixels: each pixel's enclosing simplex gets one integer key (batch index, remainder-0 point,
+rank permutation), the distinct simplices come from one sort of those keys, their d+1
+vertices get keys of their own (int32 wherever the feature range allows, else int64),
+deduplicated by a second, smaller sort, and each vertex finds its blur neighbours by
+``searchsorted`` on the sorted keys. Filtering is differentiable in ``values``
+(embedding_bag); the lattice structure itself is a constant of the features.
 
 Both filters include the pixel itself (k(f_i, f_i) = 1), as densecrf's lattice does.
 """
@@ -70,7 +72,7 @@ class PermutohedralLattice:
             lattice, self.weights
         )
         # blur bags (d+1, M+1, 3): each vertex with its two neighbours, weights 1, 1/2, 1/2
-        own = torch.arange(self.num_vertices + 1, device=features.device)
+        own = torch.arange(self.num_vertices + 1, device=features.device, dtype=self.neighbours.dtype)
         self._blur_bags = torch.stack(
             [own.expand(d + 1, -1), self.neighbours[:, 0], self.neighbours[:, 1]], dim=-1
         ).contiguous()
@@ -89,7 +91,7 @@ class PermutohedralLattice:
         """
         splat_weights = self._splat_weights
         if pre is not None:
-            splat_weights = splat_weights.to(pre.dtype) * pre.reshape(-1)[self._splat_points]
+            splat_weights = splat_weights.to(pre.dtype) * pre.reshape(-1).index_select(0, self._splat_points)
         slice_weights = self.weights * self.alpha
         if post is not None:
             slice_weights = slice_weights.to(post.dtype) * post.reshape(-1, 1)
@@ -125,103 +127,84 @@ class PermutohedralLattice:
 
 def _elevate(features: torch.Tensor) -> torch.Tensor:
     """Project (P, d) features onto the plane x . 1 = 0 in R^{d+1}, scaled for unit std.
-    Returns the coordinates as rows, (d+1, P): every step below then works on contiguous
-    rows of P values (vectorised), not on rows of d+1 values."""
+    Returns the coordinates as rows, (d+1, P), so that every later step works on contiguous
+    rows of P values. One (d+1, d) matrix product:
+    elevated_j = sum_{k >= j} s_k f_k - j s_{j-1} f_{j-1},  s_k = sqrt(2/3) (d+1) / sqrt((k+1)(k+2))."""
     d = features.shape[-1]
-    i = torch.arange(d, device=features.device, dtype=features.dtype)
-    inv_std_dev = math.sqrt(2.0 / 3.0) * (d + 1)
-    scaled = (features * (inv_std_dev / torch.sqrt((i + 1) * (i + 2)))).t().contiguous()  # (d, P)
-    elevated = features.new_empty(d + 1, features.shape[0])
-    # elevated_j = S_j - j * scaled_{j-1}, with the suffix sums S_j = sum_{k >= j} scaled_k
-    suffix = torch.zeros_like(scaled[0])
-    elevated[d] = -d * scaled[d - 1]
-    for j in range(d - 1, -1, -1):
-        suffix += scaled[j]
-        elevated[j] = suffix if j == 0 else suffix - j * scaled[j - 1]
-    return elevated
+    k = torch.arange(d, dtype=torch.float64)
+    scale = math.sqrt(2.0 / 3.0) * (d + 1) / torch.sqrt((k + 1) * (k + 2))  # (d,)
+    matrix = torch.triu(scale.expand(d + 1, d))  # row j: s_k for k >= j
+    rows = torch.arange(1, d + 1)
+    matrix[rows, rows - 1] = -rows * scale  # row j: - j s_{j-1}
+    return torch.mm(matrix.to(features), features.t())
 
 
 def _build_lattice(features: torch.Tensor) -> dict:
+    """The lattice of (B, N, d) features: each point's enclosing simplex, its d+1 vertices
+    (indices into the M distinct vertices) and barycentric weights, and each vertex's blur
+    neighbours. Lattice points are integer vectors of R^{d+1} summing to zero whose
+    coordinates are all congruent to one remainder r mod d+1; such a point is keyed by r and
+    q_k = (x_k - r) / (d+1) for its first d coordinates, keys (d+1)^d times smaller than raw
+    coordinates would give (int32 on most images: faster sorts and look-ups)."""
     batch, n, d = features.shape
-    device = features.device
+    dim = d + 1
     elevated = _elevate(features.reshape(batch * n, d))  # (d+1, P)
 
-    # closest remainder-0 lattice point, by rounding each coordinate to a multiple of d+1
-    rounded = torch.round(elevated / (d + 1))
-    coord_sum = rounded.sum(0).long()  # (P,)
-    rem0 = rounded * (d + 1)
-
-    # rank of each coordinate of the residual (its position in descending order, ties to the
-    # lower index) by densecrf's pairwise comparisons: (d+1)d/2 vectorised compares
-    rank = _ranks(elevated - rem0) + coord_sum  # (d+1, P)
-    shift = (d + 1) * ((rank < 0).long() - (rank > d).long())
-    rank += shift
-    rem0 = rem0.long() + shift
+    # closest remainder-0 lattice point, by rounding each coordinate to a multiple of d+1;
+    # its coordinates in units of d+1 (q) move by -/+ 1 where a residual's rank wraps around
+    rounded = torch.round(elevated / dim)
+    rank, shift = _wrapped_ranks(_ranks(elevated - rounded * dim), rounded.sum(0), dim)
+    q = rounded.add_(shift)  # (d+1, P) float, exact integers
+    # rank: (d+1, P) a permutation of 0..d per point, the descending order of v below
 
     # barycentric coordinates: with B[r] the v of the coordinate of rank r,
     # b[0] = B[d] + 1 - B[0] and b[m] = B[d - m] - B[d + 1 - m] for m = 1..d
-    v = (elevated - rem0.to(elevated.dtype)) / (d + 1)
-    by_rank = torch.empty_like(v).scatter_(0, rank, v).flip(0)  # row m: v of rank d - m
+    v = (elevated - q * dim) / dim
+    by_rank = torch.empty_like(v).scatter_(0, (d - rank).long(), v)  # row m: v of rank d - m
     bary = torch.empty_like(v)
     bary[0] = by_rank[0] + 1.0 - by_rank[d]
     torch.sub(by_rank[1:], by_rank[:-1], out=bary[1:])
     bary = bary.t().contiguous()  # (P, d+1): a point's weights side by side, for the slice
 
-    # pack (batch, first d coordinates) into one int64; the margin keeps neighbours in range
-    margin = 2 * (d + 1)
-    low = rem0[:d].amin(1) - margin
-    extent = rem0[:d].amax(1) - low + margin + 1
-    strides = [1]
-    for e in extent.tolist()[::-1]:
-        strides.append(strides[-1] * int(e))
-    num_codes = (d + 1) ** d  # rank patterns of a simplex
-    if strides[-1] * batch * num_codes >= 2**62:
-        raise ValueError(
-            "permutohedral lattice: feature range too large to pack into int64 keys; "
-            "use larger standard deviations or the exact filter"
-        )
-    coord_strides = torch.tensor(strides[:d][::-1], device=device, dtype=torch.long)
-    digit_strides = (d + 1) ** torch.arange(d, device=device)
-    # key = ((batch, rem0 - low) . strides) * num_codes + (ranks of the first d coords)
-    simplex_key = torch.zeros_like(coord_sum)
-    code = torch.zeros_like(coord_sum)
-    for k in range(d):  # row by row: contiguous
-        simplex_key += (rem0[k] - low[k]) * strides[d - 1 - k]
-        code += rank[k] * (d + 1) ** k
-    if batch > 1:
-        simplex_key += torch.arange(batch, device=device).repeat_interleave(n) * strides[d]
-    simplex_key = simplex_key * num_codes + code
+    # a simplex is its remainder-0 point and its rank permutation: one integer key each
+    low = [int(x) for x in q[:d].amin(1)]
+    high = [int(x) for x in q[:d].amax(1)]
+    extent = [h - lo + 1 for lo, h in zip(low, high, strict=True)]
+    key_dtype = _key_dtype(batch * math.prod(extent) * math.factorial(dim))
+    simplex_key = _batch_index(batch, n, torch.arange(batch * n, device=q.device), key_dtype)
+    for k in range(d):  # Horner: mixed radix of (batch, q - low)
+        simplex_key.mul_(extent[k]).add_((q[k] - low[k]).to(key_dtype))
+    _add_lehmer_code(simplex_key, rank)
 
-    # simplex vertex r: rem0 + canonical[r][rank], canonical[r][k] = r - (d+1) [k > d - r]
-    # Many pixels share a simplex, so find the distinct simplices first: one sort of P keys,
-    # whose permutation is also the splat plan's "points grouped by simplex".
-    simplices, simplex_of_point, points_by_simplex, simplex_starts = _sorted_unique(simplex_key)
-    base = torch.div(simplices, num_codes, rounding_mode="floor")
-    codes = simplices - base * num_codes
-    digits = (codes[:, None] // digit_strides) % (d + 1)  # (S, d) ranks of the first d coords
-    total_stride = int(coord_strides.sum())
-    r = torch.arange(d + 1, device=device)
-    wrapped = ((digits[:, None, :] > d - r[:, None]).long() * coord_strides).sum(-1)  # (S, d+1)
-    corner_keys = base[:, None] + r * total_stride - (d + 1) * wrapped  # (S, d+1)
+    # many points share a simplex: find the distinct ones with one sort of P keys, whose
+    # permutation is also the splat plan's "points grouped by simplex"
+    _, simplex_of_point, points_by_simplex, simplex_starts = _sorted_unique(simplex_key)
+    representative = torch.index_select(points_by_simplex, 0, simplex_starts)  # (S,)
+
+    # simplex vertex r: x = rem0 + r - (d+1) [rank_k > d - r], i.e. remainder r and
+    # q_k - [rank_k >= d + 1 - r]; vertex keys lin(q) * (d+1) + r leave a margin of 2 in q
+    # on each side for the blur neighbours (q -/+ 1 of a vertex's)
+    vlow = [x - 2 for x in low]
+    vext = [x + 3 for x in extent]
+    key_dtype = _key_dtype(batch * math.prod(vext) * dim)
+    q_rep = torch.index_select(q[:d], 1, representative).long()  # (d, S)
+    rank_rep = torch.index_select(rank[:d], 1, representative).long()  # (d, S)
+    base = _batch_index(batch, n, representative, torch.int64)
+    for k in range(d):
+        base = base * vext[k] + (q_rep[k] - vlow[k])
+    strides = [math.prod(vext[k + 1 :]) for k in range(d)]
+    r = torch.arange(dim, device=q.device)
+    corner_keys = base[:, None].repeat(1, dim)  # (S, d+1)
+    for k in range(d):
+        corner_keys -= strides[k] * (rank_rep[k][:, None] >= dim - r)
+    corner_keys = (corner_keys * dim + r).to(key_dtype)
     table, vertex_of_corner, corner_order, vertex_starts = _sorted_unique(corner_keys.reshape(-1))
-    num_vertices = table.shape[0]
-    vertex_of_corner = vertex_of_corner.reshape(-1, d + 1)  # (S, d+1)
-    vertices = vertex_of_corner[simplex_of_point]  # (P, d+1)
-
-    # blur neighbours along direction j: key -/+ step_j, step_j = -1 everywhere except
-    # +d at coordinate j; all 2(d+1) look-ups in one searchsorted on the sorted table
-    steps = [-total_stride + ((d + 1) * strides[d - 1 - j] if j < d else 0) for j in range(d + 1)]
-    deltas = torch.tensor(steps, device=device)[:, None] * torch.tensor([1, -1], device=device)
-    wanted = table + deltas[..., None]  # (d+1, 2, M)
-    idx = torch.searchsorted(table, wanted.reshape(-1)).clamp_(max=num_vertices - 1)
-    idx = idx.reshape(wanted.shape)
-    neighbours = torch.where(table[idx] == wanted, idx, num_vertices)
-    neighbours = F.pad(neighbours, (0, 1), value=num_vertices)  # (d+1, 2, M+1)
+    vertex_of_corner = vertex_of_corner.to(torch.int32).reshape(-1, dim)  # (S, d+1)
     return dict(
-        vertices=vertices,
+        vertices=torch.index_select(vertex_of_corner, 0, simplex_of_point),  # (P, d+1)
         weights=bary,
-        neighbours=neighbours,
-        num_vertices=num_vertices,
+        neighbours=_blur_neighbours(table, strides, dim),
+        num_vertices=table.shape[0],
         points_by_simplex=points_by_simplex,
         simplex_starts=simplex_starts,
         corners_by_vertex=corner_order,
@@ -229,18 +212,77 @@ def _build_lattice(features: torch.Tensor) -> dict:
     )
 
 
+def _wrapped_ranks(rank: torch.Tensor, coord_sum: torch.Tensor, dim: int):
+    """densecrf's rank update: rank += coordinate sum; a rank below 0 or above d wraps by
+    d+1 and moves its remainder-0 coordinate by +/- one step. Returns (rank (int16), the
+    step (float, in units of d+1)), both (d+1, P)."""
+    rank = rank.to(torch.int16).add_(coord_sum.to(torch.int16))
+    shift = (rank < 0).to(torch.int16).sub_((rank > dim - 1).to(torch.int16))
+    return rank.add_(shift * dim), shift.to(coord_sum.dtype)
+
+
+def _batch_index(batch: int, n: int, points: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The batch index of each of the given point indices (zeros for a single image)."""
+    if batch == 1:
+        return torch.zeros(points.shape, dtype=dtype, device=points.device)
+    return torch.div(points, n, rounding_mode="floor").to(dtype)
+
+
+def _key_dtype(key_range: int) -> torch.dtype:
+    if key_range < 2**31:
+        return torch.int32
+    if key_range < 2**62:
+        return torch.int64
+    raise ValueError(
+        "permutohedral lattice: feature range too large to pack into int64 keys; "
+        "use larger standard deviations or the exact filter"
+    )
+
+
+def _add_lehmer_code(key: torch.Tensor, rank: torch.Tensor) -> None:
+    """key <- key * D! + the Lehmer code of each column's permutation (D, P) of 0..D-1,
+    in place: digit i counts the later entries smaller than entry i (Horner form)."""
+    dim = rank.shape[0]
+    digit = torch.empty(rank.shape[1], dtype=torch.uint8, device=rank.device)
+    for i in range(dim - 1):
+        digit.zero_()
+        for j in range(i + 1, dim):
+            digit += torch.lt(rank[j], rank[i]).view(torch.uint8)
+        key.mul_(dim - i).add_(digit)
+
+
+def _blur_neighbours(table: torch.Tensor, strides: list[int], dim: int) -> torch.Tensor:
+    """(M,) sorted vertex keys -> (d+1, 2, M+1) indices of each vertex's neighbours x +/- s_j
+    along the d+1 lattice directions (s_j = -1 everywhere, +d at coordinate j); M where the
+    neighbour is not in the lattice (and for the extra empty vertex M itself).
+    In keys (q, r): +s_j moves r to r - 1 and q_j up by one when r > 0, and from r = 0 to
+    r = d with every other q_k down by one; -s_j is the inverse."""
+    d, num_vertices = dim - 1, table.shape[0]
+    step = torch.tensor([*strides, 0], device=table.device)[:, None]  # q_j's stride; d: none
+    total = sum(strides)
+    remainder = torch.remainder(table, dim)[None]
+    plus = torch.where(remainder > 0, dim * step - 1, dim * (step - total) + d)
+    minus = torch.where(remainder < d, 1 - dim * step, dim * (total - step) - d)
+    wanted = table + torch.stack([plus, minus], dim=1).to(table.dtype)  # (d+1, 2, M)
+    idx = torch.searchsorted(table, wanted.reshape(-1), out_int32=table.dtype == torch.int32)
+    idx = idx.clamp_(max=num_vertices - 1).reshape(wanted.shape)
+    neighbours = torch.where(torch.take(table, idx.long()) == wanted, idx, num_vertices)
+    return F.pad(neighbours, (0, 1), value=num_vertices)  # (d+1, 2, M+1)
+
+
 def _ranks(columns: torch.Tensor) -> torch.Tensor:
-    """(D, P) -> (D, P) int64 rank of each value among its column's D, in descending order,
+    """(D, P) -> (D, P) uint8 rank of each value among its column's D, in descending order,
     ties to the lower index (densecrf's loop: for i < j, the smaller of the two gains a rank).
-    Pairwise compares of contiguous rows beat a sort of D elements per point by 2-4x on CPU."""
+    Pairwise compares of contiguous rows beat a sort of D elements per point by 2-4x on CPU;
+    the compares' booleans are added as uint8 (no casting pass)."""
     dim = columns.shape[0]
-    rank = torch.zeros(columns.shape, dtype=torch.uint8, device=columns.device)
+    rank = torch.arange(dim, dtype=torch.uint8, device=columns.device)[:, None].repeat(1, columns.shape[1])
     for i in range(dim):
         for j in range(i + 1, dim):
-            smaller = columns[i] < columns[j]
-            rank[i] += smaller
-            rank[j] += ~smaller
-    return rank.long()
+            smaller = torch.lt(columns[i], columns[j]).view(torch.uint8)
+            rank[i] += smaller  # rank[j] starts at j (one per i < j) and loses the ones it won
+            rank[j] -= smaller
+    return rank
 
 
 def _sorted_unique(keys: torch.Tensor):
@@ -259,23 +301,33 @@ def _splat_plan(lattice: dict, weights: torch.Tensor):
     """The (point, corner) pairs grouped by vertex, for one embedding_bag, without sorting
     all P*(d+1) of them: points grouped by simplex and simplex corners grouped by vertex
     come from the lattice's two sorts; each corner then expands to the run of its simplex's
-    points (runs of a (corner, simplex-ordered point) table, read with good locality)."""
+    points in a (corner, simplex-ordered point) table, read with good locality. The runs'
+    table positions come from one cumulative sum of steps (1 within a run, a jump at each
+    run's start), cheaper than repeat_interleave."""
     points_by_simplex = lattice["points_by_simplex"]  # (P,)
     num_points, corners = weights.shape
     simplex_starts = lattice["simplex_starts"]  # (S,)
     points_per_simplex = torch.diff(simplex_starts, append=simplex_starts.new_tensor([num_points]))
-    # the table: row c*P + k is (k-th point in simplex order, its weight at corner c)
-    table_points = points_by_simplex.repeat(corners)
-    table_weights = weights[points_by_simplex].t().reshape(-1)
-    # simplex corners in vertex order (corner id s*(d+1) + c), each a run of the table
+    # simplex corners in vertex order (corner id s*(d+1) + c), each a run of the table,
+    # whose row c*P + k is (k-th point in simplex order, its weight at corner c)
     order = lattice["corners_by_vertex"]
     simplex = torch.div(order, corners, rounding_mode="floor")
-    run_start = (order - simplex * corners) * num_points + simplex_starts[simplex]
-    sizes = points_per_simplex[simplex]
+    run_start = (order - simplex * corners) * num_points + simplex_starts.index_select(0, simplex)
+    sizes = points_per_simplex.index_select(0, simplex)
     entry_start = torch.cumsum(sizes, 0) - sizes
     total = num_points * corners
-    entry = torch.arange(total, device=weights.device)
-    entry += torch.repeat_interleave(run_start - entry_start, sizes, output_size=total)
+    index_dtype = torch.int32 if total < 2**31 else torch.int64
+    jump = run_start.clone()
+    jump[1:] -= run_start[:-1] + sizes[:-1] - 1
+    steps = torch.ones(total, dtype=index_dtype, device=weights.device)
+    steps[entry_start] = jump.to(index_dtype)
+    entry = torch.cumsum(steps, 0, dtype=index_dtype)  # (P*(d+1),) table rows, vertex order
+    table_points = points_by_simplex.to(index_dtype).repeat(corners)
+    table_weights = weights.index_select(0, points_by_simplex).t().reshape(-1)
     # bag offsets per vertex; the empty vertex M gets an empty bag at the end
-    starts = F.pad(entry_start[lattice["vertex_starts"]], (0, 1), value=total)
-    return table_points[entry], table_weights[entry], starts
+    starts = F.pad(entry_start.index_select(0, lattice["vertex_starts"]), (0, 1), value=total)
+    return (
+        table_points.index_select(0, entry),
+        table_weights.index_select(0, entry),
+        starts.to(index_dtype),
+    )
