@@ -80,6 +80,18 @@ def timed(fn, repeats: int):
     return statistics.median(times), result
 
 
+def interleaved(runs: dict, repeats: int):
+    """Each function once per round, ``repeats`` rounds: the median time of each, its result."""
+    times = {name: [] for name in runs}
+    results = {}
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            results[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}, results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5)
@@ -123,7 +135,13 @@ def main() -> None:
             fresh = DenseCRF(num_iterations=args.iterations, **PARAMS)
             t_cold, _ = timed(lambda f=fresh, x=logits, im=image: f(x, im), 1)
             dense(logits, image)  # warm-up (allocator, kernels, position lattice)
-            t_dense, ours = timed(lambda logits=logits, image=image: dense(logits, image), args.repeats)
+            # pydensecrf and atrous alternate, run by run, so that both see the same machine
+            # (on a shared machine, absolute times drift between seconds)
+            runs = {"dense": lambda x=logits, im=image: dense(x, im)}
+            if dcrf is not None:
+                runs["pydensecrf"] = lambda x=logits, rgb=rgb: run_pydensecrf(dcrf, x, rgb, args.iterations)
+            times, results = interleaved(runs, args.repeats)
+            t_dense, ours = times["dense"], results["dense"]
             t_conv, conv_out = timed(lambda logits=logits, image=image: conv(logits, image), args.repeats)
             labels_ours = ours[0].argmax(0).numpy()
             row = dict(
@@ -135,10 +153,7 @@ def main() -> None:
                 unary_vs_dense_agreement=float((logits[0].argmax(0).numpy() == labels_ours).mean()),
             )
             if dcrf is not None:
-                t_ref, q = timed(
-                    lambda logits=logits, rgb=rgb: run_pydensecrf(dcrf, logits, rgb, args.iterations),
-                    args.repeats,
-                )
+                t_ref, q = times["pydensecrf"], results["pydensecrf"]
                 row.update(
                     pydensecrf_s=t_ref,
                     speedup_vs_pydensecrf=t_ref / t_dense,

@@ -98,6 +98,31 @@ def test_lattice_int64_keys_give_the_int32_lattice(monkeypatch, batch):
     torch.testing.assert_close(wide.filter(values), narrow.filter(values), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_summed_filters_one_slice_equals_the_sum(grad):
+    # summed_filters slices all lattices (and the extra term) in one pass, a position lattice
+    # built for one image serving a batch of two; it must equal the terms filtered one by one
+    from atrous.crf.permutohedral import _summed_one_by_one, summed_filters
+
+    images = torch.cat([scene(10, 12, seed=0), scene(10, 12, seed=1)])
+    position = PermutohedralLattice(pixel_features(images[:1], 3.0, None))
+    appearance = PermutohedralLattice(pixel_features(images, 5.0, 20.0))
+    g = torch.Generator().manual_seed(3)
+    pre, post = torch.rand(2, 120, 1, generator=g) + 0.5, torch.rand(2, 120, 1, generator=g)
+    parts = [(position, pre[:1], post[:1]), (appearance, pre, post)]
+    extra = torch.randn(2, 120, 4, generator=g)
+    with torch.set_grad_enabled(grad):
+        fused, plain = summed_filters(parts, extra), _summed_one_by_one(parts, extra)
+        for seed in (0, 1):  # a second call must not see the first one's values
+            values = torch.rand(2, 120, 4, generator=torch.Generator().manual_seed(seed))
+            torch.testing.assert_close(fused(values), plain(values), rtol=1e-5, atol=1e-6)
+        by_hand = extra.clone()
+        for b in range(2):
+            by_hand[b] += position.filter(values[b : b + 1], pre[:1], post[:1])[0]
+        by_hand += appearance.filter(values, pre, post)
+        torch.testing.assert_close(fused(values), by_hand, rtol=1e-5, atol=1e-6)
+
+
 def test_lattice_filter_is_linear():
     # (densecrf's blur runs the directions in a fixed order, so K is only nearly symmetric)
     features = pixel_features(scene(10, 12), 3.0, 20.0)
@@ -137,11 +162,13 @@ def test_dense_zero_iterations_is_log_softmax():
     torch.testing.assert_close(out, torch.log_softmax(logits, 1))
 
 
-def test_dense_batched_equals_single():
+@pytest.mark.parametrize("grad", [False, True])
+def test_dense_batched_equals_single(grad):
     images = torch.cat([scene(10, 12, seed=0), scene(10, 12, seed=3)])
     logits = noisy_logits(images, 3)
     crf = DenseCRF(num_iterations=3)
-    together = crf(logits, images)
+    with torch.set_grad_enabled(grad):
+        together = crf(logits, images)
     for i in range(2):
         torch.testing.assert_close(
             together[i : i + 1], crf(logits[i : i + 1], images[i : i + 1]), rtol=1e-4, atol=1e-4

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atrous.crf.permutohedral import ExactGaussianFilter, PermutohedralLattice
+from atrous.crf.permutohedral import ExactGaussianFilter, PermutohedralLattice, summed_filters
 
 __all__ = ["DENSE_PRESETS", "DenseCRF", "dense_crf_preset", "pixel_features"]
 
@@ -156,78 +156,68 @@ class DenseCRF(nn.Module):
             cache[key] = self._normalised_filter(position)
         return cache[key]
 
-    def _messages(self, image: torch.Tensor, like: torch.Tensor):
-        """The function Q (N, P, C) -> sum_k w_k n_k K_k (n_k Q): both kernels' messages."""
+    def _energy(self, image: torch.Tensor, log_unary: torch.Tensor):
+        """The function Q (N, P, C) -> -E: log_unary + sum_k w_k n_k K_k (n_k Q) for Potts,
+        log_unary - (sum_k w_k n_k K_k (n_k Q)) mu^T for a compatibility matrix."""
         h, w = image.shape[-2:]
-        position, pos_norm = self._smoothness_filter(h, w, like)
+        position, pos_norm = self._smoothness_filter(h, w, log_unary)
         features = pixel_features(image, self.bi_xy_std, self.bi_rgb_std)
         appearance, bi_norm = self._normalised_filter(features)
-        kernels = [_batch_shared(position.prepare(pre=pos_norm, post=self.pos_w * pos_norm)),
-                   appearance.prepare(pre=bi_norm, post=self.bi_w * bi_norm)]
-
-        def apply(q: torch.Tensor) -> torch.Tensor:
-            message = kernels[0](q)
-            for kernel in kernels[1:]:
-                message += kernel(q)  # in place: one pass, no new (N, P, C) tensor
-            return message
-
-        return apply
+        parts = [(position, pos_norm, self.pos_w * pos_norm), (appearance, bi_norm, self.bi_w * bi_norm)]
+        if self.compatibility == "potts":  # the unary is summed in the same pass
+            return summed_filters(parts, extra=log_unary)
+        messages = summed_filters(parts)
+        return lambda q: (-messages(q) @ self.compat.to(q.dtype).t()).add_(log_unary)
 
     def forward(self, logits: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         _check_inputs(logits, image)
         n, c, h, w = logits.shape
-        log_unary = F.log_softmax(logits, dim=1).permute(0, 2, 3, 1).reshape(n, h * w, c)
+        # (N, P, C) contiguous: reshape alone would give a channel-first view, and every
+        # tensor computed from it (Q, the splat input) would keep that layout
+        log_unary = F.log_softmax(logits, dim=1).permute(0, 2, 3, 1).reshape(n, h * w, c).contiguous()
         if self.num_iterations <= 0:
             return log_unary.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
-        messages = self._messages(image.to(logits.dtype), logits)
+        energy_of = self._energy(image.to(logits.dtype), log_unary)
 
         energy = log_unary  # -E, up to a per-pixel constant
         # Potts messages with non-negative weights are >= 0, so every row of -E holds a value
         # >= max(log_unary) >= -log C: exp cannot underflow a whole row, and no row maximum
-        # is needed unless exp could overflow (checked with one reduction per iteration)
+        # is needed unless exp overflows (seen in the row sums)
         bounded_below = self.compatibility == "potts" and bool(self.pos_w >= 0) and bool(self.bi_w >= 0)
-        for i in range(self.num_iterations):
-            q = softmax_rows(energy, inplace=i > 0, rows_bounded_below=bounded_below)
-            message = messages(q)
-            if self.compatibility == "matrix":
-                message = -message @ self.compat.to(message.dtype).t()
-            energy = message.add_(log_unary)
+        q = None  # without autograd, each iteration's Q reuses the previous one's memory
+        for _ in range(self.num_iterations):
+            q = softmax_rows(energy, rows_bounded_below=bounded_below, out=q)
+            energy = energy_of(q)
         log_q = F.log_softmax(energy.transpose(-1, -2), dim=-2).transpose(-1, -2)
         return log_q.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
 
 
-def _batch_shared(kernel):
-    """Apply a kernel built for one image to a batch: the batch goes into the channels."""
-
-    def apply(q: torch.Tensor) -> torch.Tensor:
-        n, p, c = q.shape
-        if n == 1:
-            return kernel(q)
-        stacked = q.permute(1, 0, 2).reshape(1, p, n * c)
-        return kernel(stacked).reshape(p, n, c).permute(1, 0, 2)
-
-    return apply
-
-
-def softmax_rows(x: torch.Tensor, *, inplace: bool = False, rows_bounded_below: bool = False) -> torch.Tensor:
+def softmax_rows(
+    x: torch.Tensor, *, rows_bounded_below: bool = False, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """softmax over the last dim of contiguous (..., P, C) with small C; same values as
-    ``torch.softmax(x, -1)`` (to float rounding), as a contiguous tensor.
+    ``torch.softmax(x, -1)`` (to float rounding), as a contiguous tensor (``out``'s memory
+    when given).
 
     CPU softmax and reductions over a short contiguous last dim are slow, so: exp, and the
-    row sum as a matrix-vector product. The row maximum is subtracted first (a reduction over
-    a transposed view) unless the caller knows that every row holds a value >= -log C
-    (``rows_bounded_below``: no row can underflow) and one global maximum shows that exp
-    cannot overflow. ``inplace=True`` reuses x's memory when autograd does not need it."""
+    row sum as a matrix-vector product. Where the caller knows that every row holds a value
+    >= -log C (``rows_bounded_below``: no row can underflow), exp goes first and the row
+    maximum is subtracted only if a row sum overflowed; otherwise it is subtracted first (a
+    reduction over a transposed view). ``out``: a tensor of x's shape to write into where
+    autograd is not recording (a fresh 7 MB tensor costs its page faults on every call)."""
     ones = x.new_ones(x.shape[-1], 1)
-    limit = math.log(torch.finfo(x.dtype).max / x.shape[-1]) - 1.0
-    shift = None
-    if not (rows_bounded_below and float(x.detach().max()) <= limit):
-        shift = x.detach().transpose(-1, -2).amax(-2).unsqueeze(-1)  # (..., P, 1)
-    if not inplace or (torch.is_grad_enabled() and x.requires_grad):
-        e = torch.exp(x if shift is None else x - shift)
-        return e / (e @ ones)
-    e = (x if shift is None else x.sub_(shift)).exp_()
-    return e.mul_((e @ ones).reciprocal_())
+    in_place = not (torch.is_grad_enabled() and x.requires_grad)
+    if not in_place or out is None or out.shape != x.shape or out.dtype != x.dtype:
+        out = None
+    if rows_bounded_below:
+        e = torch.exp(x, out=out)
+        total = e @ ones
+        if math.isfinite(float(total.detach().sum())):
+            return e.mul_(total.reciprocal_()) if in_place else e / total
+    shift = x.detach().transpose(-1, -2).amax(-2).unsqueeze(-1)  # (..., P, 1)
+    e = torch.sub(x, shift, out=out).exp_() if in_place else torch.exp(x - shift)
+    total = e @ ones
+    return e.mul_(total.reciprocal_()) if in_place else e / total
 
 
 def _check_options(compatibility: str, num_classes: int | None, stds: tuple) -> None:

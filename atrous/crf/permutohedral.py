@@ -28,7 +28,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ExactGaussianFilter", "PermutohedralLattice"]
+__all__ = ["ExactGaussianFilter", "PermutohedralLattice", "summed_filters"]
 
 
 class ExactGaussianFilter:
@@ -36,6 +36,7 @@ class ExactGaussianFilter:
 
     def __init__(self, features: torch.Tensor) -> None:
         # (B, N, N) kernel; cdist's matmul path is inexact, so compute differences directly
+        self.batch = features.shape[0]
         diff = features[:, :, None, :] - features[:, None, :, :]
         self.kernel = torch.exp(-0.5 * (diff * diff).sum(-1))
 
@@ -89,28 +90,11 @@ class PermutohedralLattice:
         folded once into the splat and slice weights, so that applying the function many
         times (mean-field iterations) costs no extra pass over the values.
         """
-        splat_weights = self._splat_weights
-        if pre is not None:
-            splat_weights = splat_weights.to(pre.dtype) * pre.reshape(-1).index_select(0, self._splat_points)
-        slice_weights = self.weights * self.alpha
-        if post is not None:
-            slice_weights = slice_weights.to(post.dtype) * post.reshape(-1, 1)
+        splat_weights, slice_weights = self.folded_weights(pre, post)
 
         def apply(values: torch.Tensor) -> torch.Tensor:
             batch, n, channels = values.shape
-            flat = values.reshape(batch * n, channels).contiguous()
-            # splat: each vertex sums the weighted values of the points around it
-            lattice = F.embedding_bag(
-                self._splat_points, flat, self._splat_starts,
-                mode="sum", per_sample_weights=splat_weights.to(values.dtype),
-            )  # (M+1, C); the last row (no points) is zero
-            # blur along each lattice direction with the kernel [1/2, 1, 1/2]
-            # (one embedding_bag per direction: the bag of vertex m is [m, n1(m), n2(m)])
-            blur_weights = self._blur_weights.to(values.dtype)
-            for j in range(self.dim + 1):
-                lattice = F.embedding_bag(
-                    self._blur_bags[j], lattice, mode="sum", per_sample_weights=blur_weights
-                )
+            lattice = self.splat_and_blur(values.reshape(batch * n, channels), splat_weights)
             # slice: read back with the same barycentric weights
             out = F.embedding_bag(
                 self.vertices, lattice, mode="sum",
@@ -123,6 +107,135 @@ class PermutohedralLattice:
     def filter(self, values, pre=None, post=None) -> torch.Tensor:
         """``post * K (pre * values)``: ``prepare(pre, post)(values)``."""
         return self.prepare(pre, post)(values)
+
+    def folded_weights(self, pre: torch.Tensor | None, post: torch.Tensor | None):
+        """The splat weights (P*(d+1),) with ``pre`` folded in, and the slice weights
+        (P, d+1) with densecrf's scaling and ``post``."""
+        splat_weights = self._splat_weights
+        if pre is not None:
+            splat_weights = splat_weights.to(pre.dtype) * pre.reshape(-1).index_select(0, self._splat_points)
+        slice_weights = self.weights * self.alpha
+        if post is not None:
+            slice_weights = slice_weights.to(post.dtype) * post.reshape(-1, 1)
+        return splat_weights, slice_weights
+
+    def splat_and_blur(self, flat: torch.Tensor, splat_weights: torch.Tensor) -> torch.Tensor:
+        """(P, C) values -> (M+1, C) lattice values, splatted and blurred (row M: zero)."""
+        # splat: each vertex sums the weighted values of the points around it
+        lattice = F.embedding_bag(
+            self._splat_points, flat.contiguous(), self._splat_starts,
+            mode="sum", per_sample_weights=splat_weights.to(flat.dtype),
+        )
+        # blur along each lattice direction with the kernel [1/2, 1, 1/2]
+        # (one embedding_bag per direction: the bag of vertex m is [m, n1(m), n2(m)])
+        blur_weights = self._blur_weights.to(flat.dtype)
+        for j in range(self.dim + 1):
+            lattice = F.embedding_bag(
+                self._blur_bags[j], lattice, mode="sum", per_sample_weights=blur_weights
+            )
+        return lattice
+
+
+def summed_filters(parts: list[tuple], extra: torch.Tensor | None = None):
+    """The function ``values -> sum_k post_k * K_k (pre_k * values) [+ extra]`` for (B, N, C)
+    values, from ``parts`` = [(filter, pre, post), ...]. A filter built for one image
+    (batch 1) serves every image of the batch (a position kernel, say).
+
+    For permutohedral lattices the sum costs one slice: the lattices' blurred values (and the
+    ``extra`` rows) are stacked into one table, and each point reads its vertices of every
+    lattice (and its own ``extra`` row) in one embedding_bag, instead of a slice per lattice
+    and an addition per term. Other filters are summed one by one."""
+    if not all(isinstance(f, PermutohedralLattice) for f, _, _ in parts):
+        return _summed_one_by_one(parts, extra)
+    return _SlicedTogether(parts, extra)
+
+
+def _summed_one_by_one(parts: list[tuple], extra: torch.Tensor | None):
+    kernels = [(f.batch, f.prepare(pre, post)) for f, pre, post in parts]
+
+    def apply(values: torch.Tensor) -> torch.Tensor:
+        total = None if extra is None else extra
+        for filter_batch, kernel in kernels:
+            out = _batch_shared(kernel)(values) if filter_batch == 1 else kernel(values)
+            total = out if total is None else total + out
+        return total
+
+    return apply
+
+
+def _batch_shared(kernel):
+    """Apply a kernel built for one image to a batch: the batch goes into the channels."""
+
+    def apply(q: torch.Tensor) -> torch.Tensor:
+        n, p, c = q.shape
+        if n == 1:
+            return kernel(q)
+        stacked = q.permute(1, 0, 2).reshape(1, p, n * c)
+        return kernel(stacked).reshape(p, n, c).permute(1, 0, 2)
+
+    return apply
+
+
+class _SlicedTogether:
+    """``summed_filters`` for permutohedral lattices: one slice over all of them."""
+
+    def __init__(self, parts: list[tuple], extra: torch.Tensor | None) -> None:
+        # (lattice, splat weights, slice weights, shared by the batch)
+        self.parts = [(lattice, *lattice.folded_weights(pre, post), lattice.batch == 1)
+                      for lattice, pre, post in parts]
+        self.extra = extra
+        self.plan = None  # built on the first call, when the batch size is known
+        self.table = None  # reused between calls when autograd does not record them
+
+    def _slice_plan(self, batch: int, n: int, like: torch.Tensor):
+        """(B*N, K) indices into the stacked table and their weights: each point's vertices
+        of every lattice (a shared lattice has one block of rows per image), then its
+        ``extra`` row; and where each lattice's rows start."""
+        index, weights, starts, offset = [], [], [], 0
+        image = torch.arange(batch, device=like.device, dtype=torch.int32)[:, None, None]
+        for lattice, _, slice_weights, shared in self.parts:
+            rows = lattice.num_vertices + 1
+            vertices = lattice.vertices.view(-1, n, lattice.dim + 1).to(torch.int32) + offset
+            slice_weights = slice_weights.view(-1, n, lattice.dim + 1)
+            if shared:  # image b reads its own block of rows
+                vertices = vertices + image * rows
+                slice_weights = slice_weights.expand(batch, -1, -1)
+            index.append(vertices.reshape(batch * n, -1))
+            weights.append(slice_weights.reshape(batch * n, -1).to(like.dtype))
+            starts.append(offset)
+            offset += rows * (batch if shared else 1)
+        if self.extra is not None:
+            index.append(torch.arange(batch * n, device=like.device, dtype=torch.int32)[:, None] + offset)
+            weights.append(like.new_ones(batch * n, 1))
+        return torch.cat(index, 1), torch.cat(weights, 1), starts, offset
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        batch, n, channels = values.shape
+        if self.plan is None:
+            self.plan = self._slice_plan(batch, n, values)
+        index, slice_weights, starts, lattice_rows = self.plan
+        pieces = []
+        for lattice, splat_weights, _, shared in self.parts:
+            if shared and batch > 1:  # the batch goes into the channels, then into row blocks
+                flat = values.permute(1, 0, 2).reshape(n, batch * channels)
+                blurred = lattice.splat_and_blur(flat, splat_weights)  # (M+1, B*C)
+                blurred = blurred.view(-1, batch, channels).transpose(0, 1).reshape(-1, channels)
+            else:
+                blurred = lattice.splat_and_blur(values.reshape(batch * n, channels), splat_weights)
+            pieces.append(blurred)
+        extra = None if self.extra is None else self.extra.reshape(batch * n, channels)
+        if torch.is_grad_enabled():  # a new table, as autograd keeps the one it saw
+            table = torch.cat(pieces if extra is None else [*pieces, extra])
+        else:  # the extra rows are written once; each call writes the lattices' rows
+            if self.table is None or self.table.dtype != values.dtype:
+                self.table = values.new_empty(lattice_rows + (0 if extra is None else batch * n), channels)
+                if extra is not None:
+                    self.table[lattice_rows:] = extra
+            table = self.table
+            for start, piece in zip(starts, pieces, strict=True):
+                table[start : start + piece.shape[0]] = piece
+        out = F.embedding_bag(index, table, mode="sum", per_sample_weights=slice_weights.to(values.dtype))
+        return out.reshape(batch, n, channels)
 
 
 def _elevate(features: torch.Tensor) -> torch.Tensor:
