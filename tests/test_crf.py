@@ -503,3 +503,20 @@ def test_fitting_raises_the_held_out_miou_where_the_answer_is_known(kind):
     after = miou(crf)
     assert before < 0.6 and after > before + 0.3
     assert crf.bi_w.item() > 1 and crf.pos_w.item() > 1
+
+
+@pytest.mark.parametrize("bounded", [False, True])
+def test_row_softmaxes_match_torch_and_survive_overflow(bounded):
+    # the mean field's row softmaxes skip the row maximum where rows are bounded below; a row
+    # whose exp overflows (values near 1000) must still come out right, through the fallback
+    from atrous.crf.dense import log_softmax_rows, softmax_rows
+
+    x = torch.randn(2, 50, 5, generator=torch.Generator().manual_seed(0))
+    x[0, 3] += 1000.0
+    for rows in (x, x[:, 4:]):  # with and without the overflowing row
+        rows = rows.contiguous()
+        torch.testing.assert_close(log_softmax_rows(rows, rows_bounded_below=bounded), torch.log_softmax(rows, -1))
+        out = torch.empty_like(rows)
+        q = softmax_rows(rows.clone(), rows_bounded_below=bounded, out=out)
+        torch.testing.assert_close(q, torch.softmax(rows, -1))
+        assert q.data_ptr() == out.data_ptr()

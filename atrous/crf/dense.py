@@ -188,8 +188,21 @@ class DenseCRF(nn.Module):
         for _ in range(self.num_iterations):
             q = softmax_rows(energy, rows_bounded_below=bounded_below, out=q)
             energy = energy_of(q)
-        log_q = F.log_softmax(energy.transpose(-1, -2), dim=-2).transpose(-1, -2)
+        log_q = log_softmax_rows(energy, rows_bounded_below=bounded_below)
         return log_q.reshape(n, h, w, c).permute(0, 3, 1, 2).contiguous()
+
+
+def log_softmax_rows(x: torch.Tensor, *, rows_bounded_below: bool = False) -> torch.Tensor:
+    """log_softmax over the last dim of contiguous (..., P, C), as ``softmax_rows``: x minus
+    the log of the row sums of exp(x), the row maximum taken out first only where needed."""
+    ones = x.new_ones(x.shape[-1], 1)
+    if rows_bounded_below:
+        total = torch.exp(x) @ ones
+        if math.isfinite(float(total.detach().sum())):
+            return x - torch.log(total)
+    shift = x.detach().transpose(-1, -2).amax(-2).unsqueeze(-1)  # (..., P, 1)
+    shifted = x - shift
+    return shifted - torch.log(torch.exp(shifted) @ ones)
 
 
 def softmax_rows(

@@ -190,24 +190,26 @@ class _SlicedTogether:
     def _slice_plan(self, batch: int, n: int, like: torch.Tensor):
         """(B*N, K) indices into the stacked table and their weights: each point's vertices
         of every lattice (a shared lattice has one block of rows per image), then its
-        ``extra`` row; and where each lattice's rows start."""
-        index, weights, starts, offset = [], [], [], 0
+        ``extra`` row; and where each lattice's rows start, and how many rows they take."""
+        width = sum(lattice.dim + 1 for lattice, *_ in self.parts) + (self.extra is not None)
+        index = torch.empty(batch, n, width, dtype=torch.int32, device=like.device)
+        weights = like.new_empty(batch, n, width)
         image = torch.arange(batch, device=like.device, dtype=torch.int32)[:, None, None]
+        starts, offset, column = [], 0, 0
         for lattice, _, slice_weights, shared in self.parts:
-            rows = lattice.num_vertices + 1
-            vertices = lattice.vertices.view(-1, n, lattice.dim + 1).to(torch.int32) + offset
-            slice_weights = slice_weights.view(-1, n, lattice.dim + 1)
-            if shared:  # image b reads its own block of rows
-                vertices = vertices + image * rows
-                slice_weights = slice_weights.expand(batch, -1, -1)
-            index.append(vertices.reshape(batch * n, -1))
-            weights.append(slice_weights.reshape(batch * n, -1).to(like.dtype))
+            rows, corners = lattice.num_vertices + 1, lattice.dim + 1
+            block = image * rows + offset if shared else offset  # a shared lattice: a block per image
+            columns = slice(column, column + corners)
+            torch.add(lattice.vertices.view(-1, n, corners), block, out=index[:, :, columns])
+            weights[:, :, columns] = slice_weights.view(-1, n, corners)
             starts.append(offset)
             offset += rows * (batch if shared else 1)
+            column += corners
         if self.extra is not None:
-            index.append(torch.arange(batch * n, device=like.device, dtype=torch.int32)[:, None] + offset)
-            weights.append(like.new_ones(batch * n, 1))
-        return torch.cat(index, 1), torch.cat(weights, 1), starts, offset
+            torch.add(torch.arange(batch * n, device=like.device, dtype=torch.int32).view(batch, n),
+                      offset, out=index[:, :, column])
+            weights[:, :, column] = 1.0
+        return index.view(batch * n, width), weights.view(batch * n, width), starts, offset
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         batch, n, channels = values.shape
@@ -277,7 +279,7 @@ def _build_lattice(features: torch.Tensor) -> dict:
     bary = torch.empty_like(v)
     bary[0] = by_rank[0] + 1.0 - by_rank[d]
     torch.sub(by_rank[1:], by_rank[:-1], out=bary[1:])
-    bary = bary.t().contiguous()  # (P, d+1): a point's weights side by side, for the slice
+    # bary: (d+1, P) for the splat plan; its transpose (P, d+1) for the slice
 
     # a simplex is its remainder-0 point and its rank permutation: one integer key each
     low = [int(x) for x in q[:d].amin(1)]
@@ -315,7 +317,8 @@ def _build_lattice(features: torch.Tensor) -> dict:
     vertex_of_corner = vertex_of_corner.to(torch.int32).reshape(-1, dim)  # (S, d+1)
     return dict(
         vertices=torch.index_select(vertex_of_corner, 0, simplex_of_point),  # (P, d+1)
-        weights=bary,
+        weights=bary.t().contiguous(),  # (P, d+1): a point's weights side by side
+        weights_by_corner=bary,  # (d+1, P)
         neighbours=_blur_neighbours(table, strides, dim),
         num_vertices=table.shape[0],
         points_by_simplex=points_by_simplex,
@@ -365,22 +368,27 @@ def _add_lehmer_code(key: torch.Tensor, rank: torch.Tensor) -> None:
 
 
 def _blur_neighbours(table: torch.Tensor, strides: list[int], dim: int) -> torch.Tensor:
-    """(M,) sorted vertex keys -> (d+1, 2, M+1) indices of each vertex's neighbours x +/- s_j
-    along the d+1 lattice directions (s_j = -1 everywhere, +d at coordinate j); M where the
-    neighbour is not in the lattice (and for the extra empty vertex M itself).
+    """(M,) sorted vertex keys -> (d+1, 2, M+1) indices of each vertex's neighbours x + s_j
+    and x - s_j along the d+1 lattice directions (s_j = -1 everywhere, +d at coordinate j);
+    M where the neighbour is not in the lattice (and for the extra empty vertex M itself).
     In keys (q, r): +s_j moves r to r - 1 and q_j up by one when r > 0, and from r = 0 to
-    r = d with every other q_k down by one; -s_j is the inverse."""
+    r = d with every other q_k down by one. Only the + neighbours are searched for: m is
+    the - neighbour of its + neighbour."""
     d, num_vertices = dim - 1, table.shape[0]
     step = torch.tensor([*strides, 0], device=table.device)[:, None]  # q_j's stride; d: none
-    total = sum(strides)
-    remainder = torch.remainder(table, dim)[None]
-    plus = torch.where(remainder > 0, dim * step - 1, dim * (step - total) + d)
-    minus = torch.where(remainder < d, 1 - dim * step, dim * (total - step) - d)
-    wanted = table + torch.stack([plus, minus], dim=1).to(table.dtype)  # (d+1, 2, M)
-    idx = torch.searchsorted(table, wanted.reshape(-1), out_int32=table.dtype == torch.int32)
-    idx = idx.clamp_(max=num_vertices - 1).reshape(wanted.shape)
-    neighbours = torch.where(torch.take(table, idx.long()) == wanted, idx, num_vertices)
-    return F.pad(neighbours, (0, 1), value=num_vertices)  # (d+1, 2, M+1)
+    plus = torch.where(torch.remainder(table, dim) > 0, dim * step - 1, dim * (step - sum(strides)) + d)
+    wanted = table + plus.to(table.dtype)  # (d+1, M)
+    found = torch.searchsorted(table, wanted.reshape(-1), out_int32=table.dtype == torch.int32)
+    found = found.clamp_(max=num_vertices - 1).reshape(wanted.shape)
+    exists = torch.take(table, found.long()) == wanted
+    neighbours = torch.full((dim, 2, num_vertices + 1), num_vertices, dtype=found.dtype, device=table.device)
+    neighbours[:, 0, :-1] = torch.where(exists, found, num_vertices)
+    own = torch.arange(num_vertices, dtype=found.dtype, device=table.device).expand(dim, -1)
+    # the - neighbour of each found + neighbour (row j of ``minus``) is the vertex itself
+    minus = neighbours[:, 1]
+    rows = torch.arange(dim, device=table.device)[:, None].expand(-1, num_vertices)
+    minus.index_put_((rows[exists], found[exists].long()), own[exists])
+    return neighbours  # (d+1, 2, M+1)
 
 
 def _ranks(columns: torch.Tensor) -> torch.Tensor:
@@ -436,7 +444,7 @@ def _splat_plan(lattice: dict, weights: torch.Tensor):
     steps[entry_start] = jump.to(index_dtype)
     entry = torch.cumsum(steps, 0, dtype=index_dtype)  # (P*(d+1),) table rows, vertex order
     table_points = points_by_simplex.to(index_dtype).repeat(corners)
-    table_weights = weights.index_select(0, points_by_simplex).t().reshape(-1)
+    table_weights = lattice["weights_by_corner"].index_select(1, points_by_simplex).reshape(-1)
     # bag offsets per vertex; the empty vertex M gets an empty bag at the end
     starts = F.pad(entry_start.index_select(0, lattice["vertex_starts"]), (0, 1), value=total)
     return (
