@@ -2,12 +2,15 @@
 
     .venv/bin/python benchmarks/crf.py [--images 5] [--repeats 3] [--threads 1]
                                        [--checkpoint FILE] [--data-root DIR]
+                                       [--backward] [--memory]
 
 Unaries: a trained model's logits with --checkpoint; otherwise a deterministic stand-in made
 from the ground truth (noisy one-hot, smoothed). Each timing covers the whole refinement of
 one 480x360 image with 11 classes and 10 iterations (pydensecrf: building the CRF, its two
-lattices and inference; atrous: one forward under no_grad); the ratio is pydensecrf time /
-atrous time of the medians (> 1: atrous is faster). Prints a table, writes JSON.
+lattices and inference; atrous: one forward under no_grad), the two alternating run by run; the ratio is pydensecrf
+time / atrous time of the medians (> 1: atrous is faster). --backward adds forward and
+backward with autograd on the first image; --memory the peak memory a 2048x1024 image adds
+(a fresh process' ru_maxrss). Prints a table, writes JSON.
 """
 
 from __future__ import annotations
@@ -92,6 +95,64 @@ def interleaved(runs: dict, repeats: int):
     return {name: statistics.median(t) for name, t in times.items()}, results
 
 
+def backward_timing(logits: torch.Tensor, image: torch.Tensor, iterations: int, repeats: int) -> dict:
+    """Forward with autograd recording, and forward + backward (gradients for the logits and
+    the CRF's weights), on one image: the cost of training through the CRF."""
+    crf = DenseCRF(num_iterations=iterations, **PARAMS)
+    logits = logits.clone().requires_grad_(True)
+    target = logits.detach().argmax(1)
+
+    def forward():
+        return crf(logits, image)
+
+    def forward_backward():
+        crf.zero_grad()
+        logits.grad = None
+        F.nll_loss(crf(logits, image), target).backward()
+
+    with torch.enable_grad():
+        forward_backward()  # warm-up
+        t_forward, _ = timed(forward, repeats)
+        t_both, _ = timed(forward_backward, repeats)
+    return dict(forward_with_grad_s=t_forward, forward_backward_s=t_both, backward_s=t_both - t_forward)
+
+
+MEMORY_PROBE = """
+import resource, sys, time, torch, torch.nn.functional as F
+torch.set_num_threads(int(sys.argv[3]))
+from atrous.crf import DenseCRF
+h, w, iterations = 1024, 2048, int(sys.argv[2])
+g = torch.Generator().manual_seed(0)
+image = (torch.rand(1, 3, h // 32, w // 32, generator=g) * 255)
+image = F.interpolate(image, size=(h, w), mode="bicubic").clamp(0, 255).round()
+logits = F.interpolate(torch.randn(1, 11, h // 16, w // 16, generator=g) * 3, size=(h, w), mode="bilinear")
+crf = DenseCRF(num_iterations=iterations, **{params})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+start = time.perf_counter()
+with torch.no_grad():
+    crf(logits, image)
+seconds = time.perf_counter() - start
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(before, after, seconds)
+"""
+
+
+def peak_memory(iterations: int, threads: int) -> dict:
+    """Peak resident memory added by one DenseCRF forward on a 1024x2048 image (11 classes),
+    in a fresh process: ru_maxrss after the forward minus before it (inputs already made)."""
+    import subprocess
+
+    code = MEMORY_PROBE.replace("{params}", repr(PARAMS))
+    out = subprocess.run(
+        [sys.executable, "-c", code, "probe", str(iterations), str(threads)],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()
+    before_kib, after_kib, seconds = int(out[0]), int(out[1]), float(out[2])
+    inputs_mib = (1024 * 2048 * (3 + 11) * 4) / 2**20
+    return dict(size="2048x1024", peak_added_mib=(after_kib - before_kib) / 1024,
+                inputs_mib=inputs_mib, seconds=seconds)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5)
@@ -101,6 +162,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=None)
     parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared/data/camvid")
     parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/crf.json")
+    parser.add_argument("--backward", action="store_true", help="also time a backward pass (first image)")
+    parser.add_argument("--memory", action="store_true", help="also measure the peak memory at 2048x1024")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     try:
@@ -162,6 +225,8 @@ def main() -> None:
                     max_abs_q_difference=float(np.abs(q - ours[0].exp().numpy()).max()),
                 )
             rows.append(row)
+            if args.backward and i == 0:
+                backward = backward_timing(logits, image, args.iterations, args.repeats)
 
     def med(key):
         values = [r[key] for r in rows if key in r]
@@ -182,6 +247,10 @@ def main() -> None:
         mean_agreement=(statistics.mean(r["agreement"] for r in rows) if dcrf else None),
         torch=torch.__version__,
     )
+    if args.backward:
+        summary["backward_first_image"] = backward
+    if args.memory:
+        summary["memory_2048x1024"] = peak_memory(args.iterations, args.threads)
     header = f"{'image':<18}{'pydensecrf s':>14}{'atrous s':>10}{'ratio':>8}{'agree':>9}{'conv s':>9}"
     print(header)
     for r in rows:
