@@ -119,8 +119,25 @@ class PermutohedralLattice:
             slice_weights = slice_weights.to(post.dtype) * post.reshape(-1, 1)
         return splat_weights, slice_weights
 
-    def splat_and_blur(self, flat: torch.Tensor, splat_weights: torch.Tensor) -> torch.Tensor:
-        """(P, C) values -> (M+1, C) lattice values, splatted and blurred (row M: zero)."""
+    def core(self, flat: torch.Tensor, pre: torch.Tensor | None, *, transpose: bool) -> torch.Tensor:
+        """(P, C) -> K (pre * flat) (P, C), or pre * K^T flat with ``transpose``; no autograd."""
+        with torch.no_grad():
+            pre_flat = None if pre is None else pre.reshape(-1).to(flat.dtype)
+            if not transpose:
+                splat, _ = self.folded_weights(pre, None)
+                lattice = self.splat_and_blur(flat, splat)
+                slice_weights = self.weights * self.alpha
+            else:
+                lattice = self.splat_and_blur(flat, self._splat_weights * self.alpha, reverse=True)
+                slice_weights = self.weights if pre_flat is None else self.weights * pre_flat[:, None]
+            return F.embedding_bag(self.vertices, lattice, mode="sum",
+                                   per_sample_weights=slice_weights.to(flat.dtype))
+
+    def splat_and_blur(
+        self, flat: torch.Tensor, splat_weights: torch.Tensor, *, reverse: bool = False
+    ) -> torch.Tensor:
+        """(P, C) values -> (M+1, C) lattice values, splatted and blurred (row M: zero);
+        ``reverse``: the blur directions in the opposite order (the transposed filter's)."""
         # splat: each vertex sums the weighted values of the points around it
         lattice = F.embedding_bag(
             self._splat_points, flat.contiguous(), self._splat_starts,
@@ -129,7 +146,7 @@ class PermutohedralLattice:
         # blur along each lattice direction with the kernel [1/2, 1, 1/2]
         # (one embedding_bag per direction: the bag of vertex m is [m, n1(m), n2(m)])
         blur_weights = self._blur_weights.to(flat.dtype)
-        for j in range(self.dim + 1):
+        for j in reversed(range(self.dim + 1)) if reverse else range(self.dim + 1):
             lattice = F.embedding_bag(
                 self._blur_bags[j], lattice, mode="sum", per_sample_weights=blur_weights
             )
@@ -183,6 +200,7 @@ class _SlicedTogether:
         # (lattice, splat weights, slice weights, shared by the batch)
         self.parts = [(lattice, *lattice.folded_weights(pre, post), lattice.batch == 1)
                       for lattice, pre, post in parts]
+        self.raw_parts = parts
         self.extra = extra
         self.plan = None  # built on the first call, when the batch size is known
         self.table = None  # reused between calls when autograd does not record them
@@ -212,6 +230,10 @@ class _SlicedTogether:
         return index.view(batch * n, width), weights.view(batch * n, width), starts, offset
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled() and not any(
+            pre is not None and pre.requires_grad for _, pre, _ in self.raw_parts
+        ):
+            return self._recorded(values)
         batch, n, channels = values.shape
         if self.plan is None:
             self.plan = self._slice_plan(batch, n, values)
@@ -238,6 +260,39 @@ class _SlicedTogether:
                 table[start : start + piece.shape[0]] = piece
         out = F.embedding_bag(index, table, mode="sum", per_sample_weights=slice_weights.to(values.dtype))
         return out.reshape(batch, n, channels)
+
+    def _recorded(self, values: torch.Tensor) -> torch.Tensor:
+        """The sum where autograd records it: each lattice's K (pre * values) through
+        ``_LatticeFilter`` (its backward is the transposed lattice filter, as fast as the
+        forward; embedding_bag's own backward sorts its indices on every call), then the
+        post scales and the sum as plain differentiable operations."""
+        batch, n, channels = values.shape
+        total = self.extra
+        for lattice, pre, post in self.raw_parts:
+            shared = lattice.batch == 1 and batch > 1
+            flat = values.permute(1, 0, 2).reshape(n, -1) if shared else values.reshape(-1, channels)
+            out = _LatticeFilter.apply(flat, lattice, None if pre is None else pre.detach())
+            out = out.reshape(n, batch, channels).permute(1, 0, 2) if shared else out.reshape(values.shape)
+            out = out if post is None else out * post
+            total = out if total is None else total + out
+        return total
+
+
+class _LatticeFilter(torch.autograd.Function):
+    """y = K (pre * x) for (P, C) x on one lattice; pre (constant) folded into the splat.
+    K = L B S (splat, blur along directions 0..d, slice), so the backward is
+    pre * K^T g = pre * S^T B^T L^T g: a splat with the slice's weights, the blur along
+    directions d..0 (each direction's blur is symmetric: m and n are neighbours both ways),
+    and a slice with the splat's weights."""
+
+    @staticmethod
+    def forward(ctx, values, lattice, pre):
+        ctx.lattice, ctx.pre = lattice, pre
+        return lattice.core(values, pre, transpose=False)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.lattice.core(grad.contiguous(), ctx.pre, transpose=True), None, None
 
 
 def _elevate(features: torch.Tensor) -> torch.Tensor:
