@@ -198,6 +198,11 @@ def test_camvid_sequence_splits_real_files(camvid_root):
     assert train_sequences == {"0001TP", "0016E5"}
     assert {sequence_of(image) for image, _ in seq_test.items} == {"0006R0"}
     assert {sequence_of(image) for image, _ in val.items} <= train_sequences
+    # the model to hand out trains on every labelled frame; its check, on all but 0006R0
+    everything, check = CamVid(str(camvid_root), "trainval"), CamVid(str(camvid_root), "seq_trainval")
+    assert (len(everything), len(check)) == (367 + 101, 266 + 101)
+    assert set(everything.items) == set(CamVid(str(camvid_root), "train").items) | set(val.items)
+    assert set(check.items) == set(seq_train.items) | set(val.items)
 
 
 def test_camvid_sequence_splits_hand_made(tmp_path):

@@ -10,6 +10,9 @@ file name (0001TP, 0006R0, 0016E5, Seq05VD):
 - `seq_train`: the train.txt frames of every sequence but 0006R0 (0001TP and 0016E5, 266);
 - `seq_test`: the train.txt frames of 0006R0 (101), a sequence neither seq_train nor val holds.
 A model trained on seq_train is scored on both val and seq_test from one run.
+For a model to hand out, trained on every labelled frame:
+- `trainval`: train.txt and val.txt, all three sequences (468);
+- `seq_trainval`: the same without 0006R0 (367), the recipe's held-out check.
 """
 
 from __future__ import annotations
@@ -38,10 +41,12 @@ CAMVID_INFO = DatasetInfo(
 )
 CAMVID_VOID = 11
 HELD_OUT_SEQUENCE = "0006R0"
-# split -> (listing file, keep a frame of sequence s?)
+# split -> (listing files, keep a frame of sequence s?)
 SEQUENCE_SPLITS = {
-    "seq_train": ("train", lambda sequence: sequence != HELD_OUT_SEQUENCE),
-    "seq_test": ("train", lambda sequence: sequence == HELD_OUT_SEQUENCE),
+    "seq_train": (("train",), lambda sequence: sequence != HELD_OUT_SEQUENCE),
+    "seq_test": (("train",), lambda sequence: sequence == HELD_OUT_SEQUENCE),
+    "trainval": (("train", "val"), None),
+    "seq_trainval": (("train", "val"), lambda sequence: sequence != HELD_OUT_SEQUENCE),
 }
 
 
@@ -55,19 +60,20 @@ class CamVid(torch.utils.data.Dataset):
     info = CAMVID_INFO
 
     def __init__(self, root: str, split: str = "train") -> None:
-        source, keep = SEQUENCE_SPLITS.get(split, (split, None))
-        listing = os.path.join(root, f"{source}.txt")
+        sources, keep = SEQUENCE_SPLITS.get(split, ((split,), None))
+        listings = [os.path.join(root, f"{source}.txt") for source in sources]
         if not os.path.isdir(root):
             raise DataError(f"CamVid folder not found: {root} (pass --data-root)")
-        if not os.path.isfile(listing):
-            raise DataError(f"CamVid split file not found: {listing}")
+        for listing in listings:
+            if not os.path.isfile(listing):
+                raise DataError(f"CamVid split file not found: {listing}")
         self.root = root
         self.split = split
-        self.items = _read_listing(listing, root)
+        self.items = [item for listing in listings for item in _read_listing(listing, root)]
         if keep is not None:
             self.items = [item for item in self.items if keep(sequence_of(item[0]))]
             if not self.items:
-                raise DataError(f"CamVid split '{split}': no frame of {listing} fits it "
+                raise DataError(f"CamVid split '{split}': no frame of {', '.join(listings)} fits it "
                                 f"(the held-out sequence is {HELD_OUT_SEQUENCE})")
 
     def __len__(self) -> int:
