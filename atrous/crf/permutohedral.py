@@ -230,12 +230,10 @@ class _SlicedTogether:
         return index.view(batch * n, width), weights.view(batch * n, width), starts, offset
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() and not any(
-            pre is not None and pre.requires_grad for _, pre, _ in self.raw_parts
-        ):
+        if self._records_gradients(values):
             return self._recorded(values)
         batch, n, channels = values.shape
-        if self.plan is None:
+        if self.plan is None or self.plan[0].shape[0] != batch * n:
             self.plan = self._slice_plan(batch, n, values)
         index, slice_weights, starts, lattice_rows = self.plan
         pieces = []
@@ -260,6 +258,14 @@ class _SlicedTogether:
                 table[start : start + piece.shape[0]] = piece
         out = F.embedding_bag(index, table, mode="sum", per_sample_weights=slice_weights.to(values.dtype))
         return out.reshape(batch, n, channels)
+
+    def _records_gradients(self, values: torch.Tensor) -> bool:
+        """Whether autograd records this call through values, extra or a post scale (a pre
+        scale that needs gradients keeps the fused path and embedding_bag's backward)."""
+        if not torch.is_grad_enabled() or any(pre is not None and pre.requires_grad for _, pre, _ in self.raw_parts):
+            return False
+        tensors = [values, self.extra, *(post for _, _, post in self.raw_parts)]
+        return any(t is not None and t.requires_grad for t in tensors)
 
     def _recorded(self, values: torch.Tensor) -> torch.Tensor:
         """The sum where autograd records it: each lattice's K (pre * values) through
