@@ -119,17 +119,12 @@ class PermutohedralLattice:
             slice_weights = slice_weights.to(post.dtype) * post.reshape(-1, 1)
         return splat_weights, slice_weights
 
-    def core(self, flat: torch.Tensor, pre: torch.Tensor | None, *, transpose: bool) -> torch.Tensor:
-        """(P, C) -> K (pre * flat) (P, C), or pre * K^T flat with ``transpose``; no autograd."""
+    def core(self, flat: torch.Tensor, splat_weights: torch.Tensor, slice_weights: torch.Tensor,
+             *, reverse: bool = False) -> torch.Tensor:
+        """(P, C) -> splat, blur (directions in reverse order with ``reverse``), slice, with
+        the given (P*(d+1),) splat and (P, d+1) slice weights; no autograd."""
         with torch.no_grad():
-            pre_flat = None if pre is None else pre.reshape(-1).to(flat.dtype)
-            if not transpose:
-                splat, _ = self.folded_weights(pre, None)
-                lattice = self.splat_and_blur(flat, splat)
-                slice_weights = self.weights * self.alpha
-            else:
-                lattice = self.splat_and_blur(flat, self._splat_weights * self.alpha, reverse=True)
-                slice_weights = self.weights if pre_flat is None else self.weights * pre_flat[:, None]
+            lattice = self.splat_and_blur(flat, splat_weights, reverse=reverse)
             return F.embedding_bag(self.vertices, lattice, mode="sum",
                                    per_sample_weights=slice_weights.to(flat.dtype))
 
@@ -187,8 +182,7 @@ def _batch_shared(kernel):
         n, p, c = q.shape
         if n == 1:
             return kernel(q)
-        stacked = q.permute(1, 0, 2).reshape(1, p, n * c)
-        return kernel(stacked).reshape(p, n, c).permute(1, 0, 2)
+        return kernel(_batch_into_channels(q)[None]).reshape(p, n, c).permute(1, 0, 2)
 
     return apply
 
@@ -204,6 +198,7 @@ class _SlicedTogether:
         self.extra = extra
         self.plan = None  # built on the first call, when the batch size is known
         self.table = None  # reused between calls when autograd does not record them
+        self.transposable = None  # _LatticeFilter's weights, where autograd records
 
     def _slice_plan(self, batch: int, n: int, like: torch.Tensor):
         """(B*N, K) indices into the stacked table and their weights: each point's vertices
@@ -239,7 +234,7 @@ class _SlicedTogether:
         pieces = []
         for lattice, splat_weights, _, shared in self.parts:
             if shared and batch > 1:  # the batch goes into the channels, then into row blocks
-                flat = values.permute(1, 0, 2).reshape(n, batch * channels)
+                flat = _batch_into_channels(values)
                 blurred = lattice.splat_and_blur(flat, splat_weights)  # (M+1, B*C)
                 blurred = blurred.view(-1, batch, channels).transpose(0, 1).reshape(-1, channels)
             else:
@@ -272,33 +267,51 @@ class _SlicedTogether:
         ``_LatticeFilter`` (its backward is the transposed lattice filter, as fast as the
         forward; embedding_bag's own backward sorts its indices on every call), then the
         post scales and the sum as plain differentiable operations."""
+        if self.transposable is None:  # the four weight sets, once per CRF call
+            self.transposable = [_transposable_weights(lattice, pre) for lattice, pre, _ in self.raw_parts]
         batch, n, channels = values.shape
         total = self.extra
-        for lattice, pre, post in self.raw_parts:
+        for (lattice, _, post), weights in zip(self.raw_parts, self.transposable, strict=True):
             shared = lattice.batch == 1 and batch > 1
-            flat = values.permute(1, 0, 2).reshape(n, -1) if shared else values.reshape(-1, channels)
-            out = _LatticeFilter.apply(flat, lattice, None if pre is None else pre.detach())
+            flat = _batch_into_channels(values) if shared else values.reshape(-1, channels)
+            out = _LatticeFilter.apply(flat, lattice, weights)
             out = out.reshape(n, batch, channels).permute(1, 0, 2) if shared else out.reshape(values.shape)
             out = out if post is None else out * post
             total = out if total is None else total + out
         return total
 
 
+def _transposable_weights(lattice: PermutohedralLattice, pre: torch.Tensor | None) -> tuple:
+    """K (pre * x)'s splat and slice weights, and those of its transpose pre * K^T."""
+    with torch.no_grad():
+        pre = None if pre is None else pre.detach()
+        splat, slice_ = lattice.folded_weights(pre, None)
+        back_slice = lattice.weights if pre is None else lattice.weights * pre.reshape(-1, 1)
+        return splat, slice_, lattice._splat_weights * lattice.alpha, back_slice
+
+
 class _LatticeFilter(torch.autograd.Function):
-    """y = K (pre * x) for (P, C) x on one lattice; pre (constant) folded into the splat.
+    """y = K (pre * x) for (P, C) x on one lattice, pre (constant) folded into the weights.
     K = L B S (splat, blur along directions 0..d, slice), so the backward is
     pre * K^T g = pre * S^T B^T L^T g: a splat with the slice's weights, the blur along
     directions d..0 (each direction's blur is symmetric: m and n are neighbours both ways),
-    and a slice with the splat's weights."""
+    and a slice with the splat's weights. ``weights``: (forward splat, forward slice,
+    backward splat, backward slice), computed once per CRF call."""
 
     @staticmethod
-    def forward(ctx, values, lattice, pre):
-        ctx.lattice, ctx.pre = lattice, pre
-        return lattice.core(values, pre, transpose=False)
+    def forward(ctx, values, lattice, weights):
+        ctx.lattice, ctx.weights = lattice, weights
+        return lattice.core(values, weights[0], weights[1])
 
     @staticmethod
     def backward(ctx, grad):
-        return ctx.lattice.core(grad.contiguous(), ctx.pre, transpose=True), None, None
+        lattice, weights = ctx.lattice, ctx.weights
+        return lattice.core(grad.contiguous(), weights[2], weights[3], reverse=True), None, None
+
+
+def _batch_into_channels(values: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) -> (N, B*C): a batch through a lattice built for one image."""
+    return values.permute(1, 0, 2).reshape(values.shape[1], -1)
 
 
 def _elevate(features: torch.Tensor) -> torch.Tensor:
