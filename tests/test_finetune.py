@@ -82,7 +82,8 @@ def test_a_pretrained_folder_round_trips_with_identical_outputs_and_a_card(tmp_p
         assert torch.equal(model(x), again(x))
     assert again.meta["class_names"] == ["sky", "road", "car", "tree"]
     card = (folder / "README.md").read_text()
-    for words in ("DeepLab v3+", "| 2 | car |", "0.6125", "iters: 100", "atrous.from_pretrained", "[0.5, 0.5, 0.5]"):
+    for words in ("DeepLab v3+", "| 2 | car |", "61.25 %", "iters: 100", "atrous.from_pretrained", "[0.5, 0.5, 0.5]",
+                  "output stride 16 (the model's default)"):
         assert words in card, words
     assert json.loads((folder / "config.json").read_text())["model"]["num_classes"] == 4
     # another class count: every tensor but the classifier's, reported
@@ -145,6 +146,84 @@ def test_push_to_hub_uploads_the_pretrained_folder(monkeypatch):
     url = atrous.push_to_hub(tiny(2), "me/tiny", private=True)
     assert url.endswith("me/tiny") and seen["repo"] == ("me/tiny", True, True)
     assert seen["files"] == ["README.md", "config.json", "model.safetensors"] and "2 classes" in seen["card"]
+
+
+TRAIN_TINY = ["--model", "deeplab_v3plus", "--backbone", "resnet18", "--model-opt", "decoder_channels=32",
+              "--model-opt", "aspp_channels=32", "--batch-size", "2", "--crop-size", "32", "--no-progress",
+              "--dataset", "synthetic", "--synthetic-size", "32", "--synthetic-length", "4", "--iters", "2"]
+
+
+def test_recipe_is_what_differs_from_the_defaults_without_the_runs_own_options():
+    from atrous.training.config import TrainConfig, config_json, recipe
+
+    config = config_json(TrainConfig(model="pspnet", dataset="camvid", out="runs/x", iters=3900, lr=0.001,
+                                     momentum=0.9, device="cpu", workers=2, data_root="/data/camvid",
+                                     save_pretrained="shared"))
+    assert recipe(config) == {"model": "pspnet", "dataset": "camvid", "train_split": "train", "iters": 3900,
+                              "lr": 0.001}
+
+
+def test_train_save_pretrained_writes_a_card_with_the_recipe_and_the_evaluation(tmp_path, capsys):
+    run, shared = tmp_path / "run", tmp_path / "shared"
+    assert main(["train", *TRAIN_TINY, "--out", str(run), "--save-pretrained", str(shared)]) == 0
+    assert f"wrote {shared} (a pretrained folder" in capsys.readouterr().out
+    again = atrous.from_pretrained(str(shared))
+    trained = atrous.load_checkpoint(str(run / "model.safetensors"))
+    x = torch.randn(1, 3, 40, 48)
+    with torch.no_grad():
+        assert torch.equal(trained(x), again(x))
+    val = json.loads((run / "metrics.json").read_text())["val"]
+    card = (shared / "README.md").read_text()
+    for words in ("iters: 2", 'dataset: "synthetic"', 'model: "deeplab_v3plus"', f"On split `val` ({val['images']} images)",
+                  f"| mIoU | {100 * val['mIoU']:.2f} % |", "| index | class | colour (RGB) | IoU |",
+                  f"| {100 * val['per_class_iou'][1]:.1f} |"):
+        assert words in card, words
+    assert "out:" not in card and "save_pretrained" not in card  # where it ran is not the recipe
+    assert val["images"] == 4  # --synthetic-length holds for the evaluated split too
+    config = json.loads((shared / "config.json").read_text())
+    assert config["metrics"]["split"] == "val" and config["training"]["iters"] == 2
+
+
+def test_save_pretrained_never_writes_into_a_folder_of_other_work(tmp_path, capsys):
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "README.md").write_text("mine")
+    assert main(["train", *TRAIN_TINY, "--out", str(tmp_path / "run"), "--save-pretrained", str(other)]) == 2
+    assert "--save-pretrained" in capsys.readouterr().err and (other / "README.md").read_text() == "mine"
+    assert not (tmp_path / "run").exists()  # refused before any training
+
+
+def test_export_pretrained_from_a_run_with_other_metrics_and_notes(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", *TRAIN_TINY, "--out", str(run), "--eval-split", ""]) == 0
+    held_out = tmp_path / "held_out.json"
+    held_out.write_text(json.dumps({"train": {}, "seq_test": {"mIoU": 0.4207, "pixel_accuracy": 0.8344,
+                                                              "images": 101}}))
+    shared = tmp_path / "shared"
+    assert main(["export", "--checkpoint", str(run / "model.safetensors"), "--out", str(shared), "--format",
+                 "pretrained", "--metrics", str(held_out), "--notes", "Scored by the same recipe without 0006R0."]) == 0
+    card = (shared / "README.md").read_text()
+    for words in ("iters: 2", "On split `seq_test` (101 images)", "| mIoU | 42.07 % |", "## Notes",
+                  "Scored by the same recipe without 0006R0."):
+        assert words in card, words
+    # again into the same folder: it holds a pretrained model, replaced
+    assert main(["export", "--checkpoint", str(run), "--out", str(shared), "--format", "pretrained"]) == 0
+    assert "Not recorded." in (shared / "README.md").read_text()  # the run itself was not evaluated
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--format", "pretrained", "--int8"], "--int8 does not apply to --format pretrained"),
+    (["--format", "pretrained", "--metrics", "absent.json"], "no such file: absent.json"),
+    (["--notes", "hello"], "--notes applies to --format pretrained only"),
+])
+def test_export_pretrained_errors_are_one_line(tmp_path, capsys, extra, fragment):
+    atrous.save_checkpoint(tiny(2), str(tmp_path / "m.safetensors"))
+    out = tmp_path / ("m.onnx" if "--notes" in extra else "folder")
+    assert main(["export", "--checkpoint", str(tmp_path / "m.safetensors"), "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) == 1
+    assert not out.exists()
 
 
 def _folder_dataset(root: Path, classes: list[str], count: int = 4, size: int = 40) -> Path:

@@ -31,19 +31,23 @@ from atrous.outputs import write_text_atomic
 
 
 def save_pretrained(model: SegmentationModel, directory: str, *, metrics: dict[str, Any] | None = None,
-                    training: dict[str, Any] | None = None) -> str:
-    """Write `model` to `directory` as a pretrained folder; `metrics` (e.g. a metrics.json's
-    evaluation) and `training` (the recipe) go into the model card. Returns the folder."""
+                    training: dict[str, Any] | None = None, notes: str | None = None) -> str:
+    """Write `model` to `directory` as a pretrained folder. The model card also gets `metrics`
+    (an evaluation as metrics.json holds it: scalars, per_class_iou, and optionally the
+    `split` it was scored on), `training` (the recipe) and `notes` (a paragraph of markdown).
+    Returns the folder."""
     if not getattr(model, "config", None):
         raise ValueError("save_pretrained needs a model built by atrous.create_model")
     os.makedirs(directory, exist_ok=True)
     save_checkpoint(model, os.path.join(directory, WEIGHTS_FILE))
     header = read_checkpoint_header(os.path.join(directory, WEIGHTS_FILE))
-    config = {"atrous_format": FORMAT_VERSION, "model": header["model"], "meta": header["meta"]}
-    if training:
-        config["training"] = training
-    if metrics:
-        config["metrics"] = metrics
+    config: dict[str, Any] = {"atrous_format": FORMAT_VERSION, "model": header["model"], "meta": header["meta"]}
+    stride = header["model"].get("output_stride") or getattr(getattr(model, "backbone", None), "output_stride", None)
+    if stride:
+        config["output_stride"] = stride  # the stride it runs at, also where the model chose its paper's default
+    for key, value in (("training", training), ("metrics", metrics), ("notes", notes)):
+        if value:
+            config[key] = value
     write_text_atomic(os.path.join(directory, CONFIG_FILE), json.dumps(config, indent=2))
     write_text_atomic(os.path.join(directory, CARD_FILE), model_card(config))
     return directory
@@ -73,14 +77,15 @@ def from_pretrained(source: str, *, num_classes: int | None = None, strict: bool
 
 
 def push_to_hub(model: SegmentationModel, repo_id: str, *, private: bool = False, token: str | None = None,
-                commit_message: str = "atrous model", metrics: dict[str, Any] | None = None) -> str:
+                commit_message: str = "atrous model", **card: Any) -> str:
     """save_pretrained into a temporary folder and upload it to the Hub repository `repo_id`
-    (created if needed). Returns the repository's URL."""
+    (created if needed); `card` takes save_pretrained's metrics, training and notes. Returns the
+    repository's URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     with tempfile.TemporaryDirectory() as folder:
-        save_pretrained(model, folder, metrics=metrics)
+        save_pretrained(model, folder, **card)
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
     return str(url)
@@ -91,43 +96,24 @@ def model_card(config: dict[str, Any]) -> str:
     and scored, how to run it."""
     model, meta = config["model"], config.get("meta", {})
     name = model["name"]
-    summary = model_summaries().get(name, name)
-    classes = meta.get("class_names", [])
-    palette = meta.get("palette", [])
+    metrics = config.get("metrics") or {}
     lines = [
         "---", "library_name: atrous", "tags:", "- semantic-segmentation", f"- {name}", "---", "",
-        f"# {name} ({model.get('backbone') or 'default backbone'}, {len(classes)} classes)", "",
-        f"**Architecture**: {summary}.", "",
-        f"Options: backbone `{model.get('backbone')}`, output stride `{model.get('output_stride')}`, "
+        f"# {name} ({model.get('backbone') or 'default backbone'}, {len(meta.get('class_names', []))} classes)", "",
+        f"**Architecture**: {model_summaries().get(name, name)}.", "",
+        f"Options: backbone `{model.get('backbone')}`, output stride {_stride(config)}, "
         f"input channels {model.get('in_channels', 3)}, " +
         (", ".join(f"`{k}={v!r}`" for k, v in (model.get("options") or {}).items()) or "no other options") + ".", "",
-        "## Classes", "", "| index | class | colour (RGB) |", "|---|---|---|",
+        *_classes(meta, metrics.get("per_class_iou")),
+        f"Void label: {meta.get('ignore_index', 255)}.", "",
+        "## Input", "",
+        f"RGB images scaled to 0-1, then normalised with mean {meta.get('mean')} and std {meta.get('std')}; "
+        "any height and width (the model pads and crops internally).", "",
+        *_training(config.get("training"), meta),
+        *_evaluation(metrics),
     ]
-    for index, class_name in enumerate(classes):
-        colour = palette[index] if index < len(palette) else ""
-        lines.append(f"| {index} | {class_name} | {tuple(colour) if colour else ''} |")
-    lines += ["", f"Void label: {meta.get('ignore_index', 255)}.", "",
-              "## Input", "",
-              f"RGB images scaled to 0-1, then normalised with mean {meta.get('mean')} and std {meta.get('std')}; "
-              "any height and width (the model pads and crops internally).", ""]
-    training = config.get("training")
-    lines += ["## Training", ""]
-    if training:
-        lines += [f"Dataset `{training.get('dataset', meta.get('dataset'))}`, split `{training.get('train_split', '?')}`; "
-                  "the recipe as `atrous train --config` reads it:", "", "```yaml"]
-        lines += [f"{k}: {json.dumps(v)}" for k, v in training.items()]
-        lines += ["```", ""]
-    else:
-        lines += [f"Dataset: `{meta.get('dataset', 'unknown')}` (no recipe was recorded).", ""]
-    metrics = config.get("metrics")
-    lines += ["## Evaluation", ""]
-    if metrics:
-        lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |"
-                  for k, v in metrics.items() if not isinstance(v, dict | list)]
-        lines.append("")
-    else:
-        lines += ["Not recorded.", ""]
+    if config.get("notes"):
+        lines += ["## Notes", "", config["notes"].strip(), ""]
     lines += ["## Use", "", "```python", "import atrous", "",
               'model = atrous.from_pretrained("THIS_FOLDER_OR_REPO_ID")',
               "scores = atrous.infer(model, images)  # (N, K, H, W); images normalised as above",
@@ -136,3 +122,48 @@ def model_card(config: dict[str, Any]) -> str:
               "atrous train --init-from THIS_FOLDER_OR_REPO_ID --dataset folder --data-root my_data ...  # fine-tune",
               "```", ""]
     return "\n".join(lines)
+
+
+def _stride(config: dict[str, Any]) -> str:
+    given, runs_at = config["model"].get("output_stride"), config.get("output_stride")
+    if runs_at and not given:
+        return f"{runs_at} (the model's default)"
+    return str(runs_at or given or "fixed by the architecture")
+
+
+def _classes(meta: dict[str, Any], per_class_iou: list[float] | None) -> list[str]:
+    """The class table; with the evaluation's per-class IoU where there is one."""
+    scored = per_class_iou is not None and len(per_class_iou) == len(meta.get("class_names", []))
+    palette = meta.get("palette", [])
+    lines = ["## Classes", "", "| index | class | colour (RGB) |" + (" IoU |" if scored else ""),
+             "|---|---|---|" + ("---|" if scored else "")]
+    for index, class_name in enumerate(meta.get("class_names", [])):
+        colour = tuple(palette[index]) if index < len(palette) and palette[index] else ""
+        iou = f" {100 * per_class_iou[index]:.1f} |" if scored else ""  # type: ignore[index]
+        lines.append(f"| {index} | {class_name} | {colour} |{iou}")
+    return [*lines, ""]
+
+
+def _training(training: dict[str, Any] | None, meta: dict[str, Any]) -> list[str]:
+    if not training:
+        return ["## Training", "", f"Dataset: `{meta.get('dataset', 'unknown')}` (no recipe was recorded).", ""]
+    return ["## Training", "",
+            f"Dataset `{training.get('dataset', meta.get('dataset'))}`, split `{training.get('train_split', '?')}`; "
+            "the recipe as `atrous train --config` reads it:", "", "```yaml",
+            *(f"{k}: {json.dumps(v)}" for k, v in training.items()), "```", ""]
+
+
+def _evaluation(metrics: dict[str, Any]) -> list[str]:
+    """The scalar metrics (percentages where they are fractions), the split and image count."""
+    if not metrics:
+        return ["## Evaluation", "", "Not recorded.", ""]
+    where = f"On split `{metrics['split']}`" if metrics.get("split") else "On its evaluation data"
+    count = f" ({metrics['images']} images)" if metrics.get("images") else ""
+    lines = ["## Evaluation", "", f"{where}{count}; per-class IoU in the class table where recorded.", "",
+             "| metric | value |", "|---|---|"]
+    for key, value in metrics.items():
+        if key in ("split", "images", "pixels") or isinstance(value, dict | list):
+            continue
+        lines.append(f"| {key} | {100 * value:.2f} % |" if isinstance(value, float) and 0 <= value <= 1
+                     else f"| {key} | {value} |")
+    return [*lines, ""]

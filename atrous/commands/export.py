@@ -1,4 +1,5 @@
-"""`atrous export`: a checkpoint to ONNX (fp32 or int8) or TorchScript, its metadata inside."""
+"""`atrous export`: a checkpoint to ONNX (fp32 or int8) or TorchScript, its metadata inside, or
+to a pretrained folder to share (its run's recipe and evaluation in the model card)."""
 
 from __future__ import annotations
 
@@ -15,14 +16,18 @@ from atrous.errors import UserError
 from atrous.options import check_options, option
 from atrous.outputs import require_writable_file
 
-HELP = "export a checkpoint to ONNX or TorchScript, its metadata inside"
+HELP = "export a checkpoint to ONNX or TorchScript (its metadata inside) or to a pretrained folder to share"
+PRETRAINED = "pretrained"
 
 
 @dataclass(kw_only=True)
 class ExportOptions:
     checkpoint: str = option(help="the checkpoint to export")
-    out: str = option(help="file to write (.onnx, .pt or .torchscript)")
-    format: str | None = option(None, "default: from the suffix of --out", choices=FORMATS)
+    out: str = option(help="file to write (.onnx, .pt or .torchscript), or the folder of --format pretrained")
+    format: str | None = option(None, "default: from the suffix of --out; pretrained: a folder for "
+                                "atrous.from_pretrained and the Hub (weights, config, a model card with the "
+                                "recipe and evaluation of the run the checkpoint comes from)",
+                                choices=(*FORMATS, PRETRAINED))
     height: int = option(512, "example input height (the input size with --static)", ge=1)
     width: int = option(512, "example input width (the input size with --static)", ge=1)
     opset: int | None = option(None, f"ONNX opset (default {DEFAULT_OPSET})", ge=OPSETS.start, lt=OPSETS.stop)
@@ -35,10 +40,18 @@ class ExportOptions:
     calibrate_images: int = option(DEFAULT_CALIBRATION_IMAGES, "with --int8: how many", ge=1)
     calibrate_method: str = option(DEFAULT_CALIBRATION_METHOD, "with --int8: how the int8 ranges are set",
                                    choices=CALIBRATION_METHODS)
+    metrics: str | None = option(None, "with --format pretrained: the metrics.json whose evaluation the model "
+                                 "card shows (default: the run's own)")
+    notes: str | None = option(None, "with --format pretrained: a paragraph for the model card (markdown)")
 
 
 def run(opts: ExportOptions) -> int:
     check_options(opts)
+    if opts.format == PRETRAINED:
+        return _pretrained(opts)
+    for flag in ("metrics", "notes"):
+        if getattr(opts, flag):
+            raise UserError(f"--{flag} applies to --format pretrained only")
     if not opts.int8:
         for flag in ("calibrate_dataset", "data_root"):
             if getattr(opts, flag):
@@ -59,6 +72,18 @@ def run(opts: ExportOptions) -> int:
     fmt = run_export(opts.checkpoint, opts.out, fmt=opts.format, example_size=(opts.height, opts.width),
                      dynamic=opts.dynamic, opset=opts.opset)
     print(f"wrote {opts.out} ({fmt}, {'dynamic' if opts.dynamic else 'static'} input size)")
+    return 0
+
+
+def _pretrained(opts: ExportOptions) -> int:
+    for flag in ("int8", "opset", "calibrate_dataset", "data_root"):
+        if getattr(opts, flag):
+            raise UserError(f"--{flag.replace('_', '-')} does not apply to --format pretrained")
+    from atrous.training.share import export_run
+
+    export_run(opts.checkpoint, opts.out, metrics_file=opts.metrics, notes=opts.notes)
+    print(f"wrote {opts.out} (a pretrained folder: model.safetensors, config.json, README.md; "
+          "atrous.from_pretrained and every --checkpoint read it)")
     return 0
 
 

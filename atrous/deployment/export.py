@@ -52,7 +52,7 @@ def format_from_path(path: str) -> str:
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
         raise UserError(f"cannot tell the export format from '{path}' (use .onnx, .pt or .torchscript, "
-                        "or give --format onnx|torchscript)")
+                        "or give --format onnx|torchscript|pretrained)")
     return SUFFIXES[suffix]
 
 

@@ -128,6 +128,10 @@ class TrainConfig:
     adversarial_input: str = option("product", "the discriminator's input encoding (Luc et al., Sec. 3.2): the image "
                                     "masked by each class map, the maps beside the image, or those with the ground "
                                     "truth softened", choices=list(ENCODINGS))
+    save_pretrained: str | None = option(None, "at the end, also write the model as a folder to share "
+                                         "(model.safetensors, config.json, a README.md model card with this "
+                                         "recipe and the final evaluation; atrous.from_pretrained reads it)",
+                                         metavar="DIR")
     progress: bool = option(True, "no progress bar")
     dist_timeout: float = option(DEFAULT_TIMEOUT_S, "seconds a process waits for the others (torchrun)", gt=0)
 
@@ -169,8 +173,22 @@ def config_json(cfg: TrainConfig) -> dict[str, Any]:
 # the resumed run differ from one that never stopped
 # (the number of processes is not an option: a run resumes on any number, see atrous.training.trainer)
 RESUME_MAY_CHANGE = ("resume", "overwrite", "stop_after", "device", "workers", "progress", "checkpoint_every",
-                     "eval_split", "eval_batch_size", "eval_every", "out", "compile", "dist_timeout", "grad_accum")
+                     "eval_split", "eval_batch_size", "eval_every", "out", "compile", "dist_timeout", "grad_accum",
+                     "save_pretrained")
 # of those, the ones a --resume keeps unless given again: --grad-accum lets a run started on
 # 8 GPUs go on on 4 with the same global batch (batch norm then sees micro-batches of the
 # new size); --compile is a property of the run
 RESUME_INHERITS = ("grad_accum", "compile")
+
+
+# where and how a run ran, not what it learnt: left out of the recipe a model card shows
+NOT_RECIPE = (*RESUME_MAY_CHANGE, "data_root", "fused_optimizer", "overwrite")
+ALWAYS_IN_RECIPE = ("model", "dataset", "train_split")
+
+
+def recipe(config: dict[str, Any]) -> dict[str, Any]:
+    """The options of a run's configuration (its config.json) that made the model: those
+    that differ from the defaults, as a config file for `atrous train --config` gives them."""
+    defaults = config_json(TrainConfig())
+    return {key: value for key, value in config.items() if key in defaults and key not in NOT_RECIPE
+            and (key in ALWAYS_IN_RECIPE or value != defaults[key])}

@@ -6,6 +6,7 @@ Writes into `out`:
 - log.jsonl          one JSON line per epoch (and one when a run stops)
 - metrics.json       evaluation on the validation split and a training summary
 - config.json        the resolved training configuration
+and, with save_pretrained, a folder to share (atrous.training.share).
 
 Every sample is drawn and augmented from (seed, sample number) alone, so a run stopped
 after N iterations and resumed gives the same weights as one that never stopped.
@@ -63,6 +64,7 @@ from atrous.training.global_batch import (
     micro_batch_size,
     shard_dropout,
 )
+from atrous.training.share import check_pretrained_out, save_run
 
 
 def poly_lr(base_lr: float, step: int, total: int, power: float, warmup: int = 0) -> float:
@@ -562,7 +564,7 @@ def _eval_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset | None:
         return None
     try:
         return build_dataset(cfg.dataset, cfg.eval_split, data_root=cfg.data_root, num_classes=cfg.num_classes,
-                             synthetic_size=cfg.synthetic_size)
+                             synthetic_size=cfg.synthetic_size, synthetic_length=cfg.synthetic_length)
     except DataError:
         if cfg.dataset == "synthetic":
             raise
@@ -574,6 +576,8 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     metrics.json. Returns {"train": summary, "val": metrics or None}. Under torchrun the
     processes share the run (see the module's docstring); every rank returns the same."""
     cfg.validate()
+    if cfg.save_pretrained:
+        check_pretrained_out(cfg.save_pretrained, "--save-pretrained")
     with distributed.process_group(resolve_device(cfg.device), cfg.dist_timeout) as world:
         trainer = Trainer(cfg)
         dataset = _eval_dataset(cfg)  # before training, so that a bad split fails at once
@@ -592,4 +596,7 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
                     trainer.log_eval(result[cfg.eval_split])
         if world.is_main:
             write_json_atomic(os.path.join(cfg.out, "metrics.json"), result)
+            if cfg.save_pretrained and summary["finished"]:
+                save_run(trainer.model, cfg.save_pretrained, config_json(cfg), result)
+                print(f"wrote {cfg.save_pretrained} (a pretrained folder: atrous.from_pretrained reads it)")
     return result
