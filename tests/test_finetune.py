@@ -206,6 +206,11 @@ def test_export_pretrained_from_a_run_with_other_metrics_and_notes(tmp_path, cap
     for words in ("iters: 2", "On split `seq_test` (101 images)", "| mIoU | 42.07 % |", "## Notes",
                   "Scored by the same recipe without 0006R0."):
         assert words in card, words
+    # from the pretrained folder itself: its card's recipe, evaluation and notes go along
+    assert main(["export", "--checkpoint", str(shared), "--out", str(tmp_path / "copy"), "--format",
+                 "pretrained"]) == 0
+    copied = (tmp_path / "copy" / "README.md").read_text()
+    assert all(words in copied for words in ("iters: 2", "| mIoU | 42.07 % |", "without 0006R0"))
     # again into the same folder: it holds a pretrained model, replaced
     assert main(["export", "--checkpoint", str(run), "--out", str(shared), "--format", "pretrained"]) == 0
     assert "Not recorded." in (shared / "README.md").read_text()  # the run itself was not evaluated

@@ -61,17 +61,21 @@ def save_run(model: SegmentationModel, directory: str, config: dict[str, Any], m
 def export_run(checkpoint: str, directory: str, *, metrics_file: str | None = None, notes: str | None = None) -> str:
     """The run whose checkpoint is `checkpoint` as a pretrained folder: the recipe from the
     config.json beside it, the evaluation from `metrics_file` (default: the metrics.json
-    beside it). A checkpoint outside a run folder gets a card without a recipe."""
+    beside it). A pretrained folder keeps its card's recipe, evaluation and notes unless
+    replaced; a checkpoint outside a run folder gets a card without a recipe."""
     check_pretrained_out(directory, "--out")
     model = load_checkpoint(checkpoint)
     run = os.path.dirname(os.path.abspath(checkpoint)) if os.path.isfile(checkpoint) else checkpoint
-    config = _read_json(os.path.join(run, RUN_CONFIG), required=False)
-    if config is not None and not isinstance(config.get("model"), str):
-        config = None  # a pretrained folder's config.json, not a run's
-    metrics = _read_json(metrics_file or os.path.join(run, RUN_METRICS), required=metrics_file is not None)
+    config = _read_json(os.path.join(run, RUN_CONFIG), required=False) or {}
+    metrics = _read_json(metrics_file, required=True) if metrics_file else None
     if metrics_file and (metrics is None or evaluation(metrics) is None):
         raise UserError(f"--metrics {metrics_file} holds no evaluation (no split with an mIoU)")
-    if config is None:
+    if "atrous_format" in config:  # a pretrained folder already
+        return save_pretrained(model, directory, training=config.get("training"), notes=notes or config.get("notes"),
+                               metrics=evaluation(metrics) if metrics else config.get("metrics"))
+    if metrics is None:
+        metrics = _read_json(os.path.join(run, RUN_METRICS), required=False)
+    if not isinstance(config.get("model"), str):  # not a run's configuration
         return save_pretrained(model, directory, metrics=evaluation(metrics) if metrics else None, notes=notes)
     return save_run(model, directory, config, metrics, notes)
 
