@@ -128,7 +128,7 @@ def test_a_hub_repository_loads_from_the_cache_offline(tmp_path, monkeypatch):
         atrous.from_pretrained("someone/absent")
 
 
-def test_push_to_hub_uploads_the_pretrained_folder(monkeypatch):
+def test_push_to_hub_uploads_the_pretrained_folder(monkeypatch, tmp_path, capsys):
     from huggingface_hub import HfApi
 
     seen = {}
@@ -146,6 +146,22 @@ def test_push_to_hub_uploads_the_pretrained_folder(monkeypatch):
     url = atrous.push_to_hub(tiny(2), "me/tiny", private=True)
     assert url.endswith("me/tiny") and seen["repo"] == ("me/tiny", True, True)
     assert seen["files"] == ["README.md", "config.json", "model.safetensors"] and "2 classes" in seen["card"]
+    # from the command line: export a checkpoint as a pretrained folder and upload it
+    seen.clear()
+    atrous.save_checkpoint(tiny(3), str(tmp_path / "m.safetensors"))
+    assert main(["export", "--checkpoint", str(tmp_path / "m.safetensors"), "--format", "pretrained",
+                 "--out", str(tmp_path / "shared"), "--push-to-hub", "me/three"]) == 0
+    assert "uploaded to https://hub.example/me/three" in capsys.readouterr().out
+    assert seen["repo"] == ("me/three", False, True) and "3 classes" in seen["card"]
+
+    def refuse(self, repo_id, **_):
+        raise RuntimeError("401 Client Error: Unauthorized\nmore detail")
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    assert main(["export", "--checkpoint", str(tmp_path / "m.safetensors"), "--format", "pretrained",
+                 "--out", str(tmp_path / "shared"), "--push-to-hub", "me/three"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "401 Client Error: Unauthorized" in err and "HF_TOKEN" in err
 
 
 TRAIN_TINY = ["--model", "deeplab_v3plus", "--backbone", "resnet18", "--model-opt", "decoder_channels=32",

@@ -81,13 +81,25 @@ def push_to_hub(model: SegmentationModel, repo_id: str, *, private: bool = False
     """save_pretrained into a temporary folder and upload it to the Hub repository `repo_id`
     (created if needed); `card` takes save_pretrained's metrics, training and notes. Returns the
     repository's URL."""
+    with tempfile.TemporaryDirectory() as folder:
+        save_pretrained(model, folder, **card)
+        return upload_pretrained(folder, repo_id, private=private, token=token, commit_message=commit_message)
+
+
+def upload_pretrained(folder: str, repo_id: str, *, private: bool = False, token: str | None = None,
+                      commit_message: str = "atrous model") -> str:
+    """Upload the pretrained folder `folder` to the Hub repository `repo_id` (created if
+    needed; the token from `huggingface-cli login` or HF_TOKEN unless given). Returns its URL."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    with tempfile.TemporaryDirectory() as folder:
-        save_pretrained(model, folder, **card)
+    try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
+    except Exception as err:  # not logged in, no rights, offline: one line that says what to do
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UserError(f"{repo_id}: cannot upload to the Hub ({message}); log in with `huggingface-cli login` "
+                        "or set HF_TOKEN, and check the name and your rights") from err
     return str(url)
 
 

@@ -43,15 +43,18 @@ class ExportOptions:
     metrics: str | None = option(None, "with --format pretrained: the metrics.json whose evaluation the model "
                                  "card shows (default: the run's own)")
     notes: str | None = option(None, "with --format pretrained: a paragraph for the model card (markdown)")
+    push_to_hub: str | None = option(None, "with --format pretrained: also upload the folder to this Hub "
+                                     "repository, owner/name (created if needed; log in with "
+                                     "`huggingface-cli login` or set HF_TOKEN)", metavar="REPO_ID")
 
 
 def run(opts: ExportOptions) -> int:
     check_options(opts)
     if opts.format == PRETRAINED:
         return _pretrained(opts)
-    for flag in ("metrics", "notes"):
+    for flag in ("metrics", "notes", "push_to_hub"):
         if getattr(opts, flag):
-            raise UserError(f"--{flag} applies to --format pretrained only")
+            raise UserError(f"--{flag.replace('_', '-')} applies to --format pretrained only")
     if not opts.int8:
         for flag in ("calibrate_dataset", "data_root"):
             if getattr(opts, flag):
@@ -84,6 +87,10 @@ def _pretrained(opts: ExportOptions) -> int:
     export_run(opts.checkpoint, opts.out, metrics_file=opts.metrics, notes=opts.notes)
     print(f"wrote {opts.out} (a pretrained folder: model.safetensors, config.json, README.md; "
           "atrous.from_pretrained and every --checkpoint read it)")
+    if opts.push_to_hub:
+        from atrous.checkpoints.pretrained import upload_pretrained
+
+        print(f"uploaded to {upload_pretrained(opts.out, opts.push_to_hub)}")
     return 0
 
 
