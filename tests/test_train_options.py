@@ -100,3 +100,33 @@ def test_precision_auto_trains_in_bf16_only_where_it_is_native(native, expected,
         a = load_file(str(tmp_path / "auto" / "model.safetensors"))
         b = load_file(str(tmp_path / "fp32" / "model.safetensors"))
         assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+def test_ema_is_the_hand_computed_average_and_resumes_exactly(tmp_path):
+    """--ema-decay: after step 1 the average is the model; after step 2 it is d w1 + (1 - d) w2
+    with d = 1 - 2^(-3/4) (timm's warm-up, below the cap 0.9), for weights and batch-norm
+    statistics alike; the average is what model.safetensors holds, and a run stopped after
+    one step and resumed ends where a straight run does."""
+    from atrous.training.trainer import train
+
+    options = dict(model_options={"decoder_channels": 16, "aspp_channels": 16}, ema_decay=0.9,
+                   checkpoint_every=1)  # DeepLab v3+ ResNet-18: batch norm
+    train(small_config(tmp_path / "split", stop_after=1, **options))
+    first_raw = torch.load(tmp_path / "split" / "train_state.pt", weights_only=True)["model"]
+    first_saved = load_file(str(tmp_path / "split" / "model.safetensors"))
+    assert all(torch.equal(first_saved[k], first_raw[k].contiguous()) for k in first_saved)
+    train(small_config(tmp_path / "split", resume=True, **options))
+    second_raw = torch.load(tmp_path / "split" / "train_state.pt", weights_only=True)["model"]
+    second_saved = load_file(str(tmp_path / "split" / "model.safetensors"))
+    d = 1 - 2 ** -0.75
+    averaged = [k for k in second_saved if second_saved[k].is_floating_point()]
+    assert any("running_mean" in k for k in averaged)
+    moved = 0
+    for key in averaged:
+        expected = d * first_raw[key].double() + (1 - d) * second_raw[key].double()
+        torch.testing.assert_close(second_saved[key].double(), expected, rtol=1e-6, atol=1e-7)
+        moved += not torch.equal(second_raw[key], first_raw[key])
+    assert moved > len(averaged) // 2  # the raw model moved, so the check has teeth
+    train(small_config(tmp_path / "straight", **options))
+    straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
+    assert all(torch.equal(straight[k], second_saved[k]) for k in straight)

@@ -66,6 +66,10 @@ class TrainConfig:
     weight_decay: float = option(1e-4, "L2 penalty (AdamW: decoupled)", ge=0)
     poly_power: float = option(0.9, "exponent of the poly learning-rate schedule", ge=0)
     warmup_iters: int = option(0, "linear learning-rate warm-up iterations", ge=0)
+    ema_decay: float | None = option(None, "keep an exponential moving average of the weights and batch-norm "
+                                     "statistics, its decay ramped up to this value (e.g. 0.999); the average is "
+                                     "the model saved, evaluated and shared (atrous.training.averaging)",
+                                     gt=0, lt=1)
     # the loss
     class_weights: str = option("none", "per-class loss weights computed from the training masks",
                                 choices=CLASS_WEIGHTINGS)

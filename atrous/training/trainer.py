@@ -49,6 +49,7 @@ from atrous.outputs import (
 )
 from atrous.runtime import distributed
 from atrous.runtime.device import autocast, resolve_device, resolve_precision
+from atrous.training.averaging import WeightAverage
 from atrous.training.bootstrap import WithDuplicates, class_indices, hard_images
 from atrous.training.config import DEFAULT_ITERS, RESUME_MAY_CHANGE, TrainConfig, config_json
 from atrous.training.finetune import (
@@ -188,6 +189,7 @@ class Trainer:
         self.epoch_loss = [0.0, 0]  # running sum and count for the epoch's log line
         self.elapsed = 0.0
         self.adversary = self._build_adversary()
+        self.average = WeightAverage(self.model, cfg.ema_decay) if cfg.ema_decay else None
         self.eval_dataset: torch.utils.data.Dataset | None = None  # set by train() for --eval-every
         if cfg.resume:
             self._load_state()
@@ -310,6 +312,8 @@ class Trainer:
             state["scaler"] = self.scaler.state_dict()
         if self.adversary is not None:
             state["adversary"] = self.adversary.state_dict()
+        if self.average is not None:
+            state["average"] = self.average.state_dict()
         return state
 
     def _save(self) -> None:
@@ -317,7 +321,13 @@ class Trainer:
             return
         os.makedirs(self.cfg.out, exist_ok=True)
         write_atomic(self.state_path, lambda tmp: torch.save(self._state(), tmp))
-        save_checkpoint(self.model, self.model_path, step=self.step, total_iters=self.total)
+        save_checkpoint(self.trained_model, self.model_path, step=self.step, total_iters=self.total)
+
+    @property
+    def trained_model(self) -> SegmentationModel:
+        """The model a run hands out (saved, evaluated, shared): the weight average with
+        --ema-decay, else the trained model itself."""
+        return self.average.model if self.average is not None else self.model
 
     def _load_state(self) -> None:
         try:
@@ -343,6 +353,8 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         if self.adversary is not None and "adversary" in state:
             self.adversary.load_state_dict(state["adversary"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
         if self.step >= self.total:
             raise UserError(f"--resume: {self.cfg.out} already finished {self.step} of {self.total} iterations")
         if self.world.is_main:
@@ -425,6 +437,8 @@ class Trainer:
             self.scaler.update()
         else:
             self.optimizer.step()
+        if self.average is not None and not pretraining:
+            self.average.update(self.model, self.step + 1)
         if self.adversary is not None:  # after the segmenter, as in Luc et al.: D saw the logits before its update
             distributed.all_reduce_gradients(self.adversary.discriminator.parameters())
             self.adversary.optimizer.step()
@@ -512,7 +526,7 @@ class Trainer:
         from atrous.inference.evaluate import evaluate
 
         began = time.perf_counter()
-        metrics = evaluate(self.model, self.eval_dataset, batch_size=self.cfg.eval_batch_size,
+        metrics = evaluate(self.trained_model, self.eval_dataset, batch_size=self.cfg.eval_batch_size,
                            precision=self.cfg.precision, progress=False)
         self.log_eval(metrics)
         return time.perf_counter() - began
@@ -590,13 +604,13 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
             from atrous.inference.evaluate import evaluate
 
             if len(dataset):
-                result[cfg.eval_split] = evaluate(trainer.model, dataset, batch_size=cfg.eval_batch_size,
+                result[cfg.eval_split] = evaluate(trainer.trained_model, dataset, batch_size=cfg.eval_batch_size,
                                                   precision=cfg.precision, progress=cfg.progress)
                 if cfg.eval_every:  # the last point of the validation curve
                     trainer.log_eval(result[cfg.eval_split])
         if world.is_main:
             write_json_atomic(os.path.join(cfg.out, "metrics.json"), result)
             if cfg.save_pretrained and summary["finished"]:
-                save_run(trainer.model, cfg.save_pretrained, config_json(cfg), result)
+                save_run(trainer.trained_model, cfg.save_pretrained, config_json(cfg), result)
                 print(f"wrote {cfg.save_pretrained} (a pretrained folder: atrous.from_pretrained reads it)")
     return result
