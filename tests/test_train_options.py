@@ -130,3 +130,8 @@ def test_ema_is_the_hand_computed_average_and_resumes_exactly(tmp_path):
     train(small_config(tmp_path / "straight", **options))
     straight = load_file(str(tmp_path / "straight" / "model.safetensors"))
     assert all(torch.equal(straight[k], second_saved[k]) for k in straight)
+    # the average only reads the weights: the trained model is the one a run without it trains
+    options.pop("ema_decay")
+    train(small_config(tmp_path / "plain", **options))
+    plain = load_file(str(tmp_path / "plain" / "model.safetensors"))
+    assert all(torch.equal(plain[k], second_raw[k].contiguous()) for k in plain)
