@@ -222,6 +222,11 @@ def test_export_pretrained_from_a_run_with_other_metrics_and_notes(tmp_path, cap
     for words in ("iters: 2", "On split `seq_test` (101 images)", "| mIoU | 42.07 % |", "## Notes",
                   "Scored by the same recipe without 0006R0."):
         assert words in card, words
+    # an `atrous eval --json` file: no split named
+    (tmp_path / "eval.json").write_text(json.dumps({"mIoU": 0.5, "images": 3}))
+    assert main(["export", "--checkpoint", str(run), "--out", str(tmp_path / "flat"), "--format", "pretrained",
+                 "--metrics", str(tmp_path / "eval.json")]) == 0
+    assert "On its evaluation data (3 images)" in (tmp_path / "flat" / "README.md").read_text()
     # from the pretrained folder itself: its card's recipe, evaluation and notes go along
     assert main(["export", "--checkpoint", str(shared), "--out", str(tmp_path / "copy"), "--format",
                  "pretrained"]) == 0

@@ -40,8 +40,8 @@ class ExportOptions:
     calibrate_images: int = option(DEFAULT_CALIBRATION_IMAGES, "with --int8: how many", ge=1)
     calibrate_method: str = option(DEFAULT_CALIBRATION_METHOD, "with --int8: how the int8 ranges are set",
                                    choices=CALIBRATION_METHODS)
-    metrics: str | None = option(None, "with --format pretrained: the metrics.json whose evaluation the model "
-                                 "card shows (default: the run's own)")
+    metrics: str | None = option(None, "with --format pretrained: the metrics.json (or `atrous eval --json` "
+                                 "file) whose evaluation the model card shows (default: the run's own)")
     notes: str | None = option(None, "with --format pretrained: a paragraph for the model card (markdown)")
     push_to_hub: str | None = option(None, "with --format pretrained: also upload the folder to this Hub "
                                      "repository, owner/name (created if needed; log in with "

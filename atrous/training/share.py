@@ -43,7 +43,10 @@ def check_pretrained_out(directory: str, flag: str) -> None:
 
 def evaluation(metrics: dict[str, Any]) -> dict[str, Any] | None:
     """The evaluation a metrics.json records after training ({"train": ..., SPLIT: {...}}), as
-    the model card shows it (with "split"); None when the run was not evaluated."""
+    the model card shows it (with "split"), or that of `atrous eval --json` (no split named);
+    None when there is none."""
+    if "mIoU" in metrics:
+        return dict(metrics)
     for split, scores in metrics.items():
         if split not in ("train", "init_from") and isinstance(scores, dict) and "mIoU" in scores:
             return {"split": split, **scores}
