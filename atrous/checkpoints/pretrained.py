@@ -161,7 +161,8 @@ def _training(training: dict[str, Any] | None, meta: dict[str, Any]) -> list[str
         return ["## Training", "", f"Dataset: `{meta.get('dataset', 'unknown')}` (no recipe was recorded).", ""]
     return ["## Training", "",
             f"Dataset `{training.get('dataset', meta.get('dataset'))}`, split `{training.get('train_split', '?')}`; "
-            "the recipe as `atrous train --config` reads it:", "", "```yaml",
+            "the recipe as `atrous train --config` reads it (every other option at atrous's default):", "",
+            "```yaml",
             *(f"{k}: {json.dumps(v)}" for k, v in training.items()), "```", ""]
 
 
@@ -174,8 +175,8 @@ def _evaluation(metrics: dict[str, Any]) -> list[str]:
     lines = ["## Evaluation", "", f"{where}{count}; per-class IoU in the class table where recorded.", "",
              "| metric | value |", "|---|---|"]
     for key, value in metrics.items():
-        if key in ("split", "images", "pixels") or isinstance(value, dict | list):
-            continue
+        if key in ("split", "images", "pixels") or isinstance(value, bool) or not isinstance(value, int | float):
+            continue  # the counts are above; names and paths (an eval file's checkpoint) are not scores
         lines.append(f"| {key} | {100 * value:.2f} % |" if isinstance(value, float) and 0 <= value <= 1
                      else f"| {key} | {value} |")
     return [*lines, ""]

@@ -2,7 +2,7 @@
 
 from atrous.layers.aspp import ASPP, ASPPPooling
 from atrous.layers.aspp_sum import ASPPSum, SummedBranches
-from atrous.layers.conv import ConvBNReLU, SeparableConv2d, conv_bn_relu
+from atrous.layers.conv import BiasAfterConv2d, ConvBNReLU, SeparableConv2d, conv_bn_relu
 from atrous.layers.fcn_head import FCNHead
 from atrous.layers.init import INIT_SCHEMES, he_init_, keep_init
 from atrous.layers.lraspp import LRASPPHead
@@ -19,6 +19,7 @@ __all__ = [
     "ASPP",
     "ASPPPooling",
     "ASPPSum",
+    "BiasAfterConv2d",
     "BilinearConvTranspose2d",
     "ChainedResidualPooling",
     "ConvBNReLU",

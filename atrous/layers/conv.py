@@ -1,8 +1,23 @@
-"""Convolution blocks: conv-BN-ReLU and the depthwise-separable convolution of DeepLab v3+."""
+"""Convolution blocks: conv-BN-ReLU, the depthwise-separable convolution of DeepLab v3+, and a
+convolution whose bias is added after it (a torch bf16 kernel fault worked around)."""
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+
+
+class BiasAfterConv2d(nn.Conv2d):
+    """nn.Conv2d (same parameters, state dict and fp32 result) whose bias is added after the
+    convolution instead of inside its kernel. Under CPU bf16 autocast, torch 2.14's oneDNN
+    kernel for the weight gradient of a biased convolution with thousands of input channels
+    and few outputs (FCN's score_fr, 4096 -> 11 or 2) corrupts the heap on AMX CPUs
+    ("free(): invalid next size"); the same convolution without its bias is sound. Under
+    autocast the bias is added in fp32."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._conv_forward(x, self.weight, None)
+        return out if self.bias is None else out + self.bias.view(1, -1, 1, 1)
 
 
 class ConvBNReLU(nn.Sequential):

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from atrous.backbones import VGG16, Backbone, create_backbone
-from atrous.layers import BilinearConvTranspose2d, FCNHead, keep_init
+from atrous.layers import BiasAfterConv2d, BilinearConvTranspose2d, FCNHead, keep_init
 from atrous.models.base import SegmentationModel
 from atrous.models.registry import register_model
 
@@ -157,7 +157,7 @@ class FCN(SegmentationModel):
         if self.vgg:
             self.head = nn.Sequential(
                 vgg_fc_as_conv(dropout=0.5 if dropout is None else dropout),
-                nn.Conv2d(4096, num_classes, 1),  # score_fr
+                BiasAfterConv2d(4096, num_classes, 1),  # score_fr (its bias outside: see the class)
             )
             if pretrained_backbone is not None:
                 self._load_vgg_classifier(pretrained_backbone)
