@@ -23,7 +23,13 @@ from atrous.checkpoints.checkpoint import (
     read_checkpoint_header,
     save_checkpoint,
 )
-from atrous.checkpoints.sources import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, resolve_source
+from atrous.checkpoints.sources import (
+    CARD_FILE,
+    CONFIG_FILE,
+    WEIGHTS_FILE,
+    hub_error,
+    resolve_source,
+)
 from atrous.checkpoints.weights import load_weights
 from atrous.errors import UserError
 from atrous.models import SegmentationModel, create_model, model_summaries
@@ -97,8 +103,7 @@ def upload_pretrained(folder: str, repo_id: str, *, private: bool = False, token
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(repo_id=repo_id, folder_path=folder, commit_message=commit_message)
     except Exception as err:  # not logged in, no rights, offline: one line that says what to do
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{repo_id}: cannot upload to the Hub ({message}); log in with `huggingface-cli login` "
+        raise UserError(f"{repo_id}: cannot upload to the Hub ({hub_error(err)}); log in with `huggingface-cli login` "
                         "or set HF_TOKEN, and check the name and your rights") from err
     return str(url)
 

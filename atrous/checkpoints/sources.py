@@ -48,8 +48,13 @@ def _download(repo_id: str) -> str:
     try:
         folder = snapshot_download(repo_id, allow_patterns=[WEIGHTS_FILE, CONFIG_FILE, CARD_FILE])
     except Exception as err:  # offline, unknown repository, no access: one line
-        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{repo_id}: cannot fetch it from the Hub ({message})") from err
+        raise UserError(f"{repo_id}: cannot fetch it from the Hub ({hub_error(err)})") from err
     if not os.path.isfile(os.path.join(folder, WEIGHTS_FILE)):
         raise UserError(f"{repo_id}: the repository holds no {WEIGHTS_FILE} (not an atrous model)")
     return folder
+
+
+def hub_error(err: BaseException) -> str:
+    """The first line of a Hub failure (offline, unknown repository, no access), or its type."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

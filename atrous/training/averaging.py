@@ -36,9 +36,6 @@ class WeightAverage:
         """After optimiser step number `steps_done` (1 for the first)."""
         self._ema.update(model, step=steps_done)
 
-    def decay(self, steps_done: int) -> float:
-        return self._ema.get_decay(steps_done)
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         return self._ema.module.state_dict()
 

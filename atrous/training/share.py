@@ -22,7 +22,7 @@ from atrous.errors import UserError
 from atrous.models import SegmentationModel
 from atrous.training.config import recipe
 
-RUN_CONFIG, RUN_METRICS = "config.json", "metrics.json"
+RUN_METRICS = "metrics.json"  # beside the run's config.json (CONFIG_FILE, the same name as a pretrained folder's)
 
 
 def check_pretrained_out(directory: str, flag: str) -> None:
@@ -69,7 +69,7 @@ def export_run(checkpoint: str, directory: str, *, metrics_file: str | None = No
     check_pretrained_out(directory, "--out")
     model = load_checkpoint(checkpoint)
     run = os.path.dirname(os.path.abspath(checkpoint)) if os.path.isfile(checkpoint) else checkpoint
-    config = _read_json(os.path.join(run, RUN_CONFIG), required=False) or {}
+    config = _read_json(os.path.join(run, CONFIG_FILE), required=False) or {}
     metrics = _read_json(metrics_file, required=True) if metrics_file else None
     if metrics_file and (metrics is None or evaluation(metrics) is None):
         raise UserError(f"--metrics {metrics_file} holds no evaluation (no split with an mIoU)")
