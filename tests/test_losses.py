@@ -11,7 +11,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from atrous.losses import BatchTotals, build_loss, kth_smallest, labelled_weight, total_loss
+from atrous.errors import UserError
+from atrous.losses import (
+    BatchTotals,
+    build_loss,
+    build_loss_options,
+    kth_smallest,
+    labelled_weight,
+    total_loss,
+)
 
 LN2 = math.log(2)
 VOID = 255
@@ -42,6 +50,27 @@ def test_cross_entropy_by_hand():
     assert loss_value("ce", TWO_PIXELS, TWO_TARGETS) == pytest.approx(1.5 * LN2, rel=1e-6)
     weights = torch.tensor([1.0, 3.0])
     assert loss_value("ce", TWO_PIXELS, TWO_TARGETS, class_weights=weights) == pytest.approx(7 / 4 * LN2, rel=1e-6)
+
+
+def test_label_smoothing_by_hand():
+    # smoothing 0.2, K = 2: target (0.9, 0.1) on the true class and the other.
+    # pixel 1 (0.5, 0.5): ln 2 whatever the target; pixel 2 (0.75, 0.25), true 1: 0.9 ln 4 - 0.1 ln 0.75
+    expected = (LN2 + 0.9 * 2 * LN2 - 0.1 * math.log(0.75)) / 2
+    assert loss_value("ce", TWO_PIXELS, TWO_TARGETS, smoothing=0.2) == pytest.approx(expected, rel=1e-6)
+    # class weights (1, 3), each class's term times its weight, over the true classes' weights 1 + 3:
+    # pixel 1: 0.8 * 1 ln 2 + 0.1 (1 + 3) ln 2; pixel 2: 0.8 * 3 ln 4 + 0.1 (-ln 0.75 + 3 ln 4)
+    weighted = (1.2 * LN2 + 5.4 * LN2 - 0.1 * math.log(0.75)) / 4
+    weights = torch.tensor([1.0, 3.0])
+    assert loss_value("ce", TWO_PIXELS, TWO_TARGETS, smoothing=0.2, class_weights=weights) == pytest.approx(
+        weighted, rel=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [-0.1, 1.0])
+def test_label_smoothing_out_of_range_is_refused(smoothing):
+    with pytest.raises(ValueError, match="smoothing must be in"):
+        build_loss("ce", smoothing=smoothing)
+    with pytest.raises(UserError, match="smoothing must be in"):
+        build_loss_options("ce", {"smoothing": smoothing})  # what the command line checks before it starts
 
 
 def test_focal_by_hand():

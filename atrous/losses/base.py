@@ -28,6 +28,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -91,6 +92,11 @@ class SegmentationLoss:
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, totals: BatchTotals) -> torch.Tensor:
         raise NotImplementedError
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """UserError (one line) for an option value out of its range; the registry has checked
+        names and types. Called on the options before training starts."""
 
     def _pixel_weights(self, valid: torch.Tensor, safe: torch.Tensor) -> torch.Tensor:
         if self.class_weights is None:

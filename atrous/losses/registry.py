@@ -73,6 +73,7 @@ def build_loss_options(name: str, settings: dict[str, Any]) -> dict[str, Any]:
                 raise UserError(f"--loss-opt {key} must be a finite number, got {value!r}")
             if isinstance(default, int) and not isinstance(value, int):
                 raise UserError(f"--loss-opt {key} must be a whole number, got {value!r}")
+    _entry(name).cls.check_options(dict(settings))
     return dict(settings)
 
 
