@@ -165,13 +165,14 @@ def test_help_shows_each_default_once(capsys):
     (["--loss", "hinge"], "--loss: unknown loss 'hinge'; choose one of: ce,"),
     (["--loss", "focal", "--loss-opt", "gamma=nan"], "--loss-opt gamma must be a finite number"),
     (["--loss", "focal", "--loss-opt", "beta=1"], "loss 'focal' has no such option (its options: gamma)"),
+    (["--loss-opt", "smoothing=1.5"], "--loss-opt smoothing must be in [0, 1), got 1.5"),
 ])
 def test_bad_numbers_and_choices_are_refused_in_one_line(tmp_path, capsys, flags, message):
     out = tmp_path / "run"
     code = main(["train", "--model", "fcn32s", "--dataset", "synthetic", "--out", str(out), *flags])
     err = capsys.readouterr().err
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
-    assert not (out / "model.safetensors").exists()
+    assert not out.exists()  # refused before the run folder is made
 
 
 def test_bad_numbers_in_a_config_file_are_refused_too(tmp_path, capsys):
