@@ -11,6 +11,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+# every model's save_pretrained and push_to_hub: the checkpoints floor attaches them (atrous.checkpoints.hub)
+import atrous.checkpoints  # noqa: F401
 from atrous.models import SegmentationModel, create_model, list_models
 
 __version__ = "0.1.0"

@@ -54,27 +54,45 @@ def _modules() -> dict[str, Path]:
 def _imports() -> dict[str, set[str]]:
     """module -> the atrous modules it imports, at any depth (a function's imports too)."""
     modules = _modules()
+    return {module: _imports_in(module, path.read_text(), set(modules)) for module, path in modules.items()}
+
+
+def _imports_in(module: str, source: str, modules: set[str]) -> set[str]:
+    """The atrous modules (of `modules`) that `source`, module `module`'s text, imports: import
+    statements, and importlib.import_module("atrous...") / __import__("atrous...") calls by a
+    string literal, which import that module as surely."""
 
     def resolve(target: str) -> str:
         while target and target not in modules:
             target = target.rpartition(".")[0]
         return target
 
-    edges: dict[str, set[str]] = collections.defaultdict(set)
-    for module, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
-                           for a in node.names]
-            else:
-                assert not (isinstance(node, ast.ImportFrom) and node.level), f"{module}: relative import"
-                continue
-            for target in targets:
-                if target.startswith("atrous") and resolve(target) not in ("", module):
-                    edges[module].add(resolve(target))
+    edges = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            targets = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                       for a in node.names]
+        else:
+            assert not (isinstance(node, ast.ImportFrom) and node.level), f"{module}: relative import"
+            targets = _imported_by_name(node)
+        for target in targets:
+            if target.startswith("atrous") and resolve(target) not in ("", module):
+                edges.add(resolve(target))
     return edges
+
+
+def _imported_by_name(node: ast.AST) -> list[str]:
+    """["atrous.x"] for importlib.import_module("atrous.x") or __import__("atrous.x") (by any
+    spelling of the function: importlib.import_module, import_module), else []."""
+    if not isinstance(node, ast.Call) or not node.args:
+        return []
+    function = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", None)
+    name = node.args[0]
+    if function in ("import_module", "__import__") and isinstance(name, ast.Constant) and isinstance(name.value, str):
+        return [name.value]
+    return []
 
 
 def _room(module: str) -> str:
@@ -107,6 +125,24 @@ def test_rooms_import_only_the_floors_below():
             continue
         for target in targets:
             assert _room(target) in FLOORS[room] | {room}, f"{module} imports {target} (upward)"
+
+
+def test_the_scan_sees_imports_by_name():
+    """An upward reach through importlib or __import__ with a string counts as an import."""
+    source = (
+        "import importlib\n"
+        "from importlib import import_module\n"
+        "def save(model):\n"
+        "    return importlib.import_module('atrous.checkpoints.pretrained').save_pretrained(model)\n"
+        "def train():\n"
+        "    return __import__('atrous.training'), import_module('atrous.inference')\n"
+        "def fine(name):\n"
+        "    return importlib.import_module(name), importlib.import_module('json')\n"
+    )
+    modules = set(_modules())
+    assert _imports_in("atrous.models.base", source, modules) == {
+        "atrous.checkpoints.pretrained", "atrous.training", "atrous.inference"}
+    assert _imports_in("atrous.models.base", "import importlib\n", modules) == set()
 
 
 def test_every_room_says_what_it_holds_and_none_is_a_grab_bag():

@@ -30,7 +30,8 @@ def save_checkpoint(model: SegmentationModel, path: str, **meta: Any) -> None:
     `meta` is merged over `model.meta` (class_names, palette, mean, std, ...); values must
     be JSON-serialisable."""
     if not getattr(model, "config", None):
-        raise ValueError("save_checkpoint needs a model built by atrous.create_model")
+        raise ValueError(f"save_checkpoint needs a model that records how it is rebuilt (`config`): "
+                         f"{type(model).__name__} is not a registered model class (atrous.models.register_model)")
     meta = {**default_meta(model.num_classes), **model.meta, **meta}
     if len(meta["class_names"]) != model.num_classes:
         raise ValueError(f"{len(meta['class_names'])} class names for a model of {model.num_classes} classes")

@@ -43,7 +43,8 @@ def save_pretrained(model: SegmentationModel, directory: str, *, metrics: dict[s
     `split` it was scored on), `training` (the recipe) and `notes` (a paragraph of markdown).
     Returns the folder."""
     if not getattr(model, "config", None):
-        raise ValueError("save_pretrained needs a model built by atrous.create_model")
+        raise ValueError(f"save_pretrained needs a model that records how it is rebuilt (`config`): "
+                         f"{type(model).__name__} is not a registered model class (atrous.models.register_model)")
     os.makedirs(directory, exist_ok=True)
     save_checkpoint(model, os.path.join(directory, WEIGHTS_FILE))
     header = read_checkpoint_header(os.path.join(directory, WEIGHTS_FILE))

@@ -6,7 +6,7 @@ Importing this package imports every family so that its models register themselv
 import importlib
 import pkgutil
 
-from atrous.models.base import SegmentationModel
+from atrous.models.base import SegmentationModel, set_output_stride
 from atrous.models.registry import (
     create_model,
     describe_model,
@@ -15,7 +15,6 @@ from atrous.models.registry import (
     model_options,
     model_summaries,
     register_model,
-    set_output_stride,
 )
 
 # a new family is a new file whose models carry @register_model: nothing to list here

@@ -1,12 +1,21 @@
-"""The base class every segmentation model shares: any input size in, same-size logits out."""
+"""The base class every segmentation model shares: any input size in, same-size logits out;
+each model keeps the arguments it was built with, so that it describes itself (`config`, what
+a checkpoint rebuilds it from) and rebuilds its own modules (`set_output_stride`)."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# the arguments every builder takes (atrous.models.registry.register_model); the rest are options
+CONTRACT_ARGUMENTS = ("num_classes", "in_channels", "backbone", "output_stride", "pretrained_backbone")
+
+Call = tuple[tuple[Any, ...], dict[str, Any]]  # a constructor's positional and keyword arguments
 
 
 def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
@@ -19,6 +28,12 @@ def pad_to_multiple(x: torch.Tensor, divisor: int) -> torch.Tensor:
     return F.pad(x, (0, pad_w, 0, pad_h))
 
 
+def constructor_signature(cls: type) -> inspect.Signature:
+    """The parameters of `cls(...)`: those of its __init__ but self."""
+    signature = inspect.signature(cls.__init__)
+    return signature.replace(parameters=list(signature.parameters.values())[1:])
+
+
 class SegmentationModel(nn.Module):
     """Pads the input to `self.divisor`, runs `segment`, upsamples every output bilinearly to
     the padded size and crops back to the input size.
@@ -29,9 +44,20 @@ class SegmentationModel(nn.Module):
 
     `model(x)` returns the (N, num_classes, H, W) logits; `model(x, return_aux=True)`
     returns the whole dict, every entry at (N, num_classes, H, W).
+
+    `model.save_pretrained(directory)` and `model.push_to_hub(repo_id)` live on the floor that
+    writes those files: atrous.checkpoints.hub attaches them to this class (`import atrous`
+    does it); this floor never imports that one.
     """
 
     divisor: int = 32
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> SegmentationModel:
+        """Keep the constructor's arguments (as Hugging Face's hub mixin does, whose `config`
+        smp's models carry), whether the model is built by create_model or by its class."""
+        model = super().__new__(cls)
+        model._constructor_call = (args, dict(kwargs))
+        return model
 
     def __init__(self, num_classes: int, in_channels: int = 3) -> None:
         super().__init__()
@@ -40,28 +66,63 @@ class SegmentationModel(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.aux_weights: dict[str, float] = {}
-        # set by atrous.create_model: what is needed to rebuild the model (checkpoints)
-        self.config: dict[str, Any] = {}
+        # what rebuilds the model (checkpoints): {} for a class that is not registered by name
+        self.config: dict[str, Any] = self._recorded_config()
         # set by the engine / load_checkpoint: class names, palette, normalisation, ...
         self.meta: dict[str, Any] = {}
 
-    def save_pretrained(self, directory: str, **card: Any) -> str:
-        """Write this model to `directory` as a pretrained folder (weights, config.json and a
-        README.md model card; `card`: metrics=..., training=...): the one method here that
-        reaches a floor above, by name, since a model is what people save
-        (atrous.checkpoints.pretrained.save_pretrained does the work)."""
-        import importlib
-
-        return importlib.import_module("atrous.checkpoints.pretrained").save_pretrained(self, directory, **card)
+    def _recorded_config(self) -> dict[str, Any]:
+        """What create_model records for the same arguments: the registered name, the
+        contract's arguments (None: the paper's default) and the options given."""
+        name = vars(type(self)).get("registered_name")  # set by register_model, not inherited
+        if name is None:
+            return {}
+        args, kwargs = getattr(self, "_constructor_call", ((), {}))
+        given = constructor_signature(type(self)).bind_partial(*args, **kwargs).arguments
+        return {"name": name, "num_classes": self.num_classes, "in_channels": self.in_channels,
+                "backbone": given.get("backbone"), "output_stride": given.get("output_stride"),
+                "options": {k: v for k, v in given.items() if k not in CONTRACT_ARGUMENTS}}
 
     def set_output_stride(self, output_stride: int) -> SegmentationModel:
         """Run at another output stride with the same weights (DeepLab v3's evaluation at 8 of
-        a model trained at 16): exactly the model create_model builds at that stride. The
-        registry rebuilds it (atrous.models.registry.set_output_stride), reached by name as
-        the registry sits beside this base class and imports it."""
-        import importlib
+        a model trained at 16): the model's constructor runs on it again with the arguments it
+        was built with and `output_stride`, so that it is exactly the model built at that
+        stride (DeepLab's ASPP rates doubled at 8, Chen et al. 2017, Sec. 4.1, unless given),
+        and its weights, meta, mode, device and dtype are put back. Its modules are new (make
+        an optimizer anew). A model that cannot run at that stride raises a ValueError saying
+        so, and stays as it was."""
+        name = self.config.get("name") or type(self).__name__
+        if "output_stride" not in constructor_signature(type(self)).parameters:
+            raise ValueError(f"model '{name}' cannot run at output stride {output_stride}: it has no output_stride")
+        args, kwargs = self._constructor_call
+        kwargs = {k: v for k, v in kwargs.items() if k != "pretrained_backbone"}  # its weights are its own
+        rebuild, config = self._rebuilder(), self.config
+        try:
+            rebuild((args, {**kwargs, "output_stride": output_stride}))
+        except Exception as err:
+            rebuild((args, kwargs))
+            if isinstance(err, ValueError):
+                raise ValueError(f"model '{name}' cannot run at output stride {output_stride}: {err}") from err
+            raise
+        self.config = {**config, "output_stride": output_stride} if config else {}
+        return self
 
-        return importlib.import_module("atrous.models.registry").set_output_stride(self, output_stride)
+    def _rebuilder(self) -> Callable[[Call], None]:
+        """A function that runs this model's constructor on it again with other arguments,
+        then puts back what the model holds now: weights, meta, config, mode, device, dtype."""
+        state, meta, config, training = self.state_dict(), self.meta, self.config, self.training
+        parameter = next(self.parameters(), None)
+
+        def rebuild(call: Call) -> None:
+            self._constructor_call = call
+            type(self).__init__(self, *call[0], **call[1])
+            if parameter is not None:
+                self.to(device=parameter.device, dtype=parameter.dtype)
+            self.load_state_dict(state)
+            self.train(training)
+            self.meta, self.config = meta, config
+
+        return rebuild
 
     def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
@@ -88,6 +149,11 @@ class SegmentationModel(nn.Module):
             for key, logits in outputs.items()
         }
         return resized if return_aux else resized["out"]
+
+
+def set_output_stride(model: SegmentationModel, output_stride: int) -> SegmentationModel:
+    """`model.set_output_stride(output_stride)`, as a function."""
+    return model.set_output_stride(output_stride)
 
 
 def _upsample_and_crop(

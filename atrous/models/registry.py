@@ -8,15 +8,13 @@ from typing import Any
 
 from atrous.backbones.timm_backbone import TimmBackbone
 from atrous.layers import INIT_SCHEMES, he_init_
-from atrous.models.base import SegmentationModel
+from atrous.models.base import CONTRACT_ARGUMENTS, SegmentationModel
 
 # a SegmentationModel subclass, or a function returning one
 Builder = Callable[..., SegmentationModel]
 
 _BUILDERS: dict[str, Builder] = {}
 _SUMMARIES: dict[str, str] = {}
-
-_CONTRACT_ARGS = ("in_channels", "backbone", "output_stride", "pretrained_backbone")
 
 
 def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
@@ -32,6 +30,8 @@ def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
             raise ValueError(f"model '{name}' is registered twice")
         _BUILDERS[name] = builder
         _SUMMARIES[name] = summary
+        if isinstance(builder, type):
+            builder.registered_name = name  # what its models record in `config` (SegmentationModel)
         return builder
 
     return decorate
@@ -73,7 +73,7 @@ def model_options(name: str) -> dict[str, Any]:
     return {
         key: p.default
         for key, p in params.items()
-        if p.kind is p.KEYWORD_ONLY and key not in _CONTRACT_ARGS
+        if p.kind is p.KEYWORD_ONLY and key not in CONTRACT_ARGUMENTS
     }
 
 
@@ -138,33 +138,4 @@ def create_model(
         "output_stride": output_stride,
         "options": dict(options),
     }
-    return model
-
-
-
-
-def set_output_stride(model: SegmentationModel, output_stride: int) -> SegmentationModel:
-    """`model` rebuilt in place at `output_stride` with its own weights: exactly the model
-    that create_model(..., output_stride=output_stride) builds, carrying these weights
-    (dilation changes no weight's shape; DeepLab's ASPP rates follow the stride, doubled at
-    8 as in Chen et al. 2017, Sec. 4.1, unless the model was given explicit rates). A model
-    whose backbone cannot change its stride raises a ValueError saying so."""
-    config = getattr(model, "config", None)
-    if not config:
-        raise ValueError("set_output_stride needs a model built by atrous.create_model")
-    options = {**config.get("options", {}), "init": "none"}
-    try:
-        rebuilt = create_model(config["name"], config["num_classes"], in_channels=config.get("in_channels", 3),
-                               backbone=config.get("backbone"), output_stride=output_stride, **options)
-    except ValueError as err:
-        raise ValueError(f"model '{config['name']}' cannot run at output stride {output_stride}: {err}") from err
-    parameter = next(model.parameters(), None)
-    if parameter is not None:
-        rebuilt.to(device=parameter.device, dtype=parameter.dtype)
-    rebuilt.load_state_dict(model.state_dict())
-    rebuilt.train(model.training)
-    meta = model.meta
-    model.__dict__.update(rebuilt.__dict__)  # the modules, the divisor, the model's own attributes
-    model.meta = meta
-    model.config = {**config, "output_stride": output_stride}
     return model
