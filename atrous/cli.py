@@ -9,6 +9,7 @@
     atrous export --checkpoint FILE --out FILE [--int8 --calibrate-dataset NAME]
     atrous fit-crf --checkpoint FILE --dataset NAME [--crf dense|conv]
     atrous serve --checkpoint FILE [--host 127.0.0.1] [--port 8000] [--crf-params FILE] [--max-upload-mb N]
+    atrous plot RUN [RUN ...] [--out curves.png|.svg]
     atrous demo [--out runs/demo]
 
 Every command also takes --debug (tracebacks) and --import MODULE (a module of the user's that

@@ -15,6 +15,7 @@ COMMANDS = {
     "fit-crf": "fit_crf",
     "serve": "serve",
     "demo": "demo",
+    "plot": "plot",
 }
 
 

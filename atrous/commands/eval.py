@@ -5,16 +5,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from atrous.checkpoints import load_checkpoint
+from atrous.checkpoints import load_checkpoint, palette_of
 from atrous.checkpoints.onnx_model import OnnxModel
 from atrous.commands.inference_options import CrfOptions, ViewOptions
 from atrous.data import build_dataset, list_datasets
 from atrous.errors import UserError
 from atrous.inference.evaluate import FirstItems, evaluate, format_table
+from atrous.inference.plots import RANK_BY, WorstImages, require_matplotlib, write_eval_plots
 from atrous.inference.refinement import build_crf
 from atrous.models import SegmentationModel
 from atrous.options import check_options, option
-from atrous.outputs import require_writable_file, write_json_atomic
+from atrous.outputs import require_writable_file, require_writable_folder, write_json_atomic
 from atrous.runtime.device import resolve_device
 from atrous.runtime.distributed import process_group, rank_device
 
@@ -35,6 +36,11 @@ class EvalOptions(ViewOptions, CrfOptions):
     json: str | None = option(None, "write the metrics to this file")
     synthetic_size: int = option(128, "side of the synthetic scenes", ge=8)
     progress: bool = option(True, "no progress bar")
+    plots: str | None = option(None, "write pictures into this folder: confusion.png (row-normalised confusion "
+                               "matrix), iou.png (per-class IoU), errors.png (the worst images); needs matplotlib",
+                               metavar="DIR")
+    plots_worst: int = option(4, "how many of the worst images errors.png shows (0: none)", ge=0, metavar="N")
+    plots_by: str = option("mIoU", "the per-image score that ranks the worst images", choices=RANK_BY)
 
 
 def load_model(path: str, device: str | None, output_stride: int | None = None) -> SegmentationModel:
@@ -48,16 +54,25 @@ def run(opts: EvalOptions) -> dict[str, Any]:
     check_options(opts)
     if opts.json:
         require_writable_file(opts.json, "--json")
+    if opts.plots:
+        require_matplotlib("atrous eval --plots")
+        require_writable_folder(opts.plots, "--plots")
     with process_group(resolve_device(opts.device)) as world:
-        metrics = _evaluate(opts)
+        metrics, worst, palette = _evaluate(opts)
+    confusion = metrics.pop("confusion_matrix", None)
     if world.is_main:
         print(format_table(metrics))
         if opts.json:
             write_json_atomic(opts.json, metrics)
+        if opts.plots:
+            paths = write_eval_plots(opts.plots, metrics, confusion, palette, worst.rows() if worst else ())
+            print(f"pictures: {', '.join(paths)}")
     return metrics
 
 
-def _evaluate(opts: EvalOptions) -> dict[str, Any]:
+def _evaluate(opts: EvalOptions) -> tuple[dict[str, Any], WorstImages | None, Any]:
+    """The metrics; with --plots, the worst images (this process's share under torchrun) and
+    the palette too."""
     views = opts.views()
     model = load_model(opts.checkpoint, opts.device, opts.output_stride)
     dataset = build_dataset(opts.dataset, opts.split, data_root=opts.data_root, num_classes=opts.num_classes,
@@ -69,8 +84,10 @@ def _evaluate(opts: EvalOptions) -> dict[str, Any]:
         raise UserError(f"{opts.checkpoint} predicts {model.num_classes} classes but dataset {opts.dataset} "
                         f"has {info.num_classes}")
     crf = build_crf(opts.crf, model, opts.crf_params)
+    worst = WorstImages(opts.plots_worst, model.num_classes, info.ignore_index, opts.plots_by) if opts.plots else None
     metrics = evaluate(model, dataset, batch_size=opts.batch_size, precision=opts.precision, views=views, crf=crf,
-                       trimap_widths=opts.trimap, progress=opts.progress)
+                       trimap_widths=opts.trimap, progress=opts.progress, confusion_matrix=bool(opts.plots),
+                       on_batch=worst)
     metrics["checkpoint"] = opts.checkpoint
     metrics["crf"] = opts.crf
     # an exported .onnx graph computes in its own precision (int8 or fp32), whatever --precision says
@@ -78,7 +95,7 @@ def _evaluate(opts: EvalOptions) -> dict[str, Any]:
     metrics["inference"] = {"precision": precision, "scales": list(views.scales), "flip": views.flip,
                             "window": views.window, "stride": views.stride,
                             "output_stride": (model.config or {}).get("output_stride")}
-    return metrics
+    return metrics, worst, palette_of(model.meta, model.num_classes)
 
 
 Options = EvalOptions

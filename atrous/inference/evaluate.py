@@ -8,7 +8,7 @@ confusion matrices are summed over the ranks: the metrics equal one process's ex
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -74,11 +74,16 @@ def evaluate(
     crf: torch.nn.Module | None = None,
     trimap_widths: Sequence[int] = (),
     progress: bool = True,
+    confusion_matrix: bool = False,
+    on_batch: Callable[[list[int], torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> dict[str, Any]:
     """Metrics of `model` on `dataset` (full images, no crop), through `atrous.infer` with
     `views` (scales, flip, sliding window) at `precision`. With `crf`, the scores are refined
     first (it receives the raw 0..255 images). `trimap_widths` adds mIoU within w pixels of
-    label boundaries under "trimap"."""
+    label boundaries under "trimap". For pictures (atrous.inference.plots), both off by
+    default: `confusion_matrix` adds the summed counts under "confusion_matrix" (rows ground
+    truth, columns prediction), and `on_batch(indices, raws, masks, pred)` is called on each
+    batch of this process with the dataset indices, raw images, masks and (N, H, W) labels."""
     mean, std = normalisation(model.meta)
     info = getattr(dataset, "info", None)
     num_classes = model.num_classes
@@ -90,12 +95,16 @@ def evaluate(
     shard = torch.utils.data.Subset(dataset, shard_indices(len(dataset), batch_size, world))
     bar = tqdm(total=len(shard), desc="eval", disable=not (progress and world.is_main), dynamic_ncols=True,
                unit="img")
+    seen = 0
     for images, masks, raws in batches_of_equal_size(shard, batch_size, eval_transform(mean, std)):
         logits = infer_views(net, images, views)
         if crf is not None:
             logits = crf(logits, raws.to(logits.device).float())
         pred = logits.argmax(dim=1).cpu()
         matrix.update(pred, masks)
+        if on_batch is not None:
+            on_batch(shard.indices[seen:seen + len(images)], raws, masks, pred)
+        seen += len(images)
         for width, band_matrix in bands.items():
             band = trimap_mask(masks, width, ignore)
             band_matrix.update(pred[band], masks[band])
@@ -108,6 +117,8 @@ def evaluate(
     result["images"] = len(dataset)
     if bands:
         result["trimap"] = {str(w): m.compute()["mIoU"] for w, m in bands.items()}
+    if confusion_matrix:
+        result["confusion_matrix"] = matrix.matrix.tolist()
     return result
 
 
