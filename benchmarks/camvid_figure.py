@@ -29,6 +29,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from harness import CAMVID_DATA, RESULTS_DIR, ROOT  # noqa: E402
 
 from atrous.checkpoints.checkpoint import load_checkpoint  # noqa: E402
 from atrous.checkpoints.meta import normalisation, palette_of
@@ -38,7 +39,6 @@ from atrous.data.transforms import Normalize  # noqa: E402
 from atrous.inference.evaluate import predict_logits  # noqa: E402
 from atrous.options import read_mapping_file  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 # the best DenseCRF setting of benchmarks/crf_effect.py on CamVid val
 BEST_DENSE = dict(pos_xy_std=3, pos_w=3, bi_xy_std=50, bi_rgb_std=10, bi_w=5)
 
@@ -194,7 +194,7 @@ def main() -> int:
     parser.add_argument("--logs", nargs="+", default=[], metavar="LABEL=LOG",
                         help="runs for --losses: a label and a log.jsonl each")
     parser.add_argument("--log", help="the run's log.jsonl (default: next to the checkpoint)")
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "camvid"))
+    parser.add_argument("--data-root", default=str(CAMVID_DATA))
     parser.add_argument("--images", type=int, nargs="+", default=[0, 40, 70, 100])
     parser.add_argument("--crf-params", help="DenseCRF parameters (YAML/JSON)")
     parser.add_argument("--title", default="CamVid")
@@ -203,7 +203,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "images" / "camvid"))
     args = parser.parse_args()
     if args.gap:
-        count = gap_figure(ROOT / "benchmarks" / "results" / "camvid.json", args.protocol, args.gap)
+        count = gap_figure(RESULTS_DIR / "camvid.json", args.protocol, args.gap)
         print(f"wrote {args.gap} ({count} rows)")
     if args.losses:
         if not args.logs or any("=" not in item for item in args.logs):

@@ -19,17 +19,17 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from harness import CAMVID_DATA, RESULTS_DIR, command_line, cpu_name, interleaved, timed, write_json
 from PIL import Image
 
 from atrous.crf import ConvCRF, DenseCRF
 
-ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 11
 PARAMS = dict(pos_xy_std=3.0, pos_w=3.0, bi_xy_std=80.0, bi_rgb_std=13.0, bi_w=10.0)
 
@@ -39,8 +39,13 @@ def stand_in_logits(labels: np.ndarray, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     target = torch.from_numpy(labels.astype(np.int64))
     onehot = F.one_hot(target.clamp(max=NUM_CLASSES), NUM_CLASSES + 1)[..., :NUM_CLASSES]
-    onehot = onehot.permute(2, 0, 1).float()[None]
-    noisy = 3.0 * onehot + 2.0 * torch.randn(onehot.shape, generator=g)
+    return noisy_smoothed(onehot.permute(2, 0, 1).float()[None], g)
+
+
+def noisy_smoothed(onehot: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Stand-in logits from (N, K, H, W) one-hot labels: scaled, Gaussian noise added (from
+    `generator`), 7x7 box smoothing (benchmarks/gpu_check.py makes its unaries the same way)."""
+    noisy = 3.0 * onehot + 2.0 * torch.randn(onehot.shape, generator=generator)
     return 2.0 * F.avg_pool2d(noisy, 7, stride=1, padding=3, count_include_pad=False)
 
 
@@ -64,37 +69,6 @@ def run_pydensecrf(dcrf, logits: torch.Tensor, rgb: np.ndarray, iterations: int)
     return np.array(d.inference(iterations)).reshape(c, h, w)
 
 
-def _cpu_name() -> str:
-    """The processor's model name and whether it has native bf16 (timings differ by machine)."""
-    try:
-        text = open("/proc/cpuinfo").read()
-    except OSError:
-        return "unknown"
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    return f"{name} ({'AVX512-BF16' if ' avx512_bf16' in text else 'no AVX512-BF16'})"
-
-
-def timed(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
-
-
-def interleaved(runs: dict, repeats: int):
-    """Each function once per round, ``repeats`` rounds: the median time of each, its result."""
-    times = {name: [] for name in runs}
-    results = {}
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            start = time.perf_counter()
-            results[name] = fn()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, results
-
-
 def backward_timing(logits: torch.Tensor, image: torch.Tensor, iterations: int, repeats: int) -> dict:
     """Forward with autograd recording, and forward + backward (gradients for the logits and
     the CRF's weights), on one image: the cost of training through the CRF."""
@@ -112,8 +86,8 @@ def backward_timing(logits: torch.Tensor, image: torch.Tensor, iterations: int, 
 
     with torch.enable_grad():
         forward_backward()  # warm-up
-        t_forward, _ = timed(forward, repeats)
-        t_both, _ = timed(forward_backward, repeats)
+        t_forward = timed(forward, repeats).median
+        t_both = timed(forward_backward, repeats).median
     return dict(forward_with_grad_s=t_forward, forward_backward_s=t_both, backward_s=t_both - t_forward)
 
 
@@ -153,18 +127,109 @@ def peak_memory(iterations: int, threads: int) -> dict:
                 inputs_mib=inputs_mib, seconds=seconds)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (pydensecrf: 1)")
     parser.add_argument("--checkpoint", type=Path, default=None)
-    parser.add_argument("--data-root", type=Path, default=ROOT.parent / "shared/data/camvid")
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/crf.json")
+    parser.add_argument("--data-root", type=Path, default=CAMVID_DATA)
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "crf.json")
     parser.add_argument("--backward", action="store_true", help="also time a backward pass (first image)")
     parser.add_argument("--memory", action="store_true", help="also measure the peak memory at 2048x1024")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def image_and_logits(path: Path, index: int, data_root: Path, model) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """The image (HxWx3 uint8 and 1x3xHxW float) and its unaries: the model's logits, else
+    the stand-in made from its ground truth."""
+    rgb = np.ascontiguousarray(np.array(Image.open(path).convert("RGB")))
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    if model is not None:
+        return rgb, image, model_logits(model, image)
+    labels = np.array(Image.open(data_root / "valannot" / path.name))
+    return rgb, image, stand_in_logits(labels, seed=index)
+
+
+def measure_image(name: str, rgb: np.ndarray, image: torch.Tensor, logits: torch.Tensor, args: argparse.Namespace,
+                  crfs: tuple[DenseCRF, ConvCRF], dcrf) -> dict[str, Any]:
+    """One image's row: the times of DenseCRF (cold and warm), ConvCRF and pydensecrf, and
+    their label agreement."""
+    dense, conv = crfs
+    # cold: a fresh module builds both lattices (the position lattice is then cached
+    # per image size, as it does not depend on the image)
+    fresh = DenseCRF(num_iterations=args.iterations, **PARAMS)
+    t_cold = timed(lambda: fresh(logits, image), 1).median
+    dense(logits, image)  # warm-up (allocator, kernels, position lattice)
+    # pydensecrf and atrous alternate, run by run, so that both see the same machine
+    # (on a shared machine, absolute times drift between seconds)
+    runs = {"dense": lambda: dense(logits, image)}
+    if dcrf is not None:
+        runs["pydensecrf"] = lambda: run_pydensecrf(dcrf, logits, rgb, args.iterations)
+    medians, _, results = interleaved(runs, args.repeats, keep_results=True)
+    t_dense, ours = medians["dense"], results["dense"]
+    t_conv, _, conv_out = timed(lambda: conv(logits, image), args.repeats)
+    labels_ours = ours[0].argmax(0).numpy()
+    row = dict(
+        image=name,
+        atrous_dense_s=t_dense,
+        atrous_dense_cold_s=t_cold,
+        atrous_conv_s=t_conv,
+        conv_vs_dense_agreement=float((conv_out[0].argmax(0).numpy() == labels_ours).mean()),
+        unary_vs_dense_agreement=float((logits[0].argmax(0).numpy() == labels_ours).mean()),
+    )
+    if dcrf is not None:
+        t_ref, q = medians["pydensecrf"], results["pydensecrf"]
+        row.update(
+            pydensecrf_s=t_ref,
+            speedup_vs_pydensecrf=t_ref / t_dense,
+            speedup_vs_pydensecrf_cold=t_ref / t_cold,
+            agreement=float((q.argmax(0) == labels_ours).mean()),
+            max_abs_q_difference=float(np.abs(q - ours[0].exp().numpy()).max()),
+        )
+    return row
+
+
+def summarise(rows: list[dict[str, Any]], args: argparse.Namespace, conv: ConvCRF, unaries: str,
+              reference: bool) -> dict[str, Any]:
+    """The run's summary: its settings, the medians over the images, the machine."""
+
+    def med(key):
+        values = [r[key] for r in rows if key in r]
+        return statistics.median(values) if values else None
+
+    return dict(
+        command=command_line(__file__),
+        size="480x360", classes=NUM_CLASSES, iterations=args.iterations, images=len(rows),
+        threads=args.threads, unaries=unaries,
+        parameters=PARAMS, conv_filter_size=conv.filter_size, conv_blur=conv.blur,
+        median_atrous_dense_s=med("atrous_dense_s"), median_atrous_conv_s=med("atrous_conv_s"),
+        median_pydensecrf_s=med("pydensecrf_s"),
+        median_speedup_vs_pydensecrf=med("speedup_vs_pydensecrf"),
+        median_speedup_vs_pydensecrf_cold=med("speedup_vs_pydensecrf_cold"),
+        machine_load_1min=float(open("/proc/loadavg").read().split()[0]),
+        cpu=cpu_name(bf16=True, fallback="?"), precision="fp32",
+        min_agreement=min((r["agreement"] for r in rows if "agreement" in r), default=None),
+        mean_agreement=(statistics.mean(r["agreement"] for r in rows) if reference else None),
+        torch=torch.__version__,
+    )
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    header = f"{'image':<18}{'pydensecrf s':>14}{'atrous s':>10}{'ratio':>8}{'agree':>9}{'conv s':>9}"
+    print(header)
+    for r in rows:
+        ref = r.get("pydensecrf_s", float("nan"))
+        print(
+            f"{r['image']:<18}{ref:>14.3f}{r['atrous_dense_s']:>10.3f}"
+            f"{r.get('speedup_vs_pydensecrf', float('nan')):>8.2f}"
+            f"{r.get('agreement', float('nan')):>9.4f}{r['atrous_conv_s']:>9.3f}"
+        )
+
+
+def main() -> None:
+    args = parse_args()
     torch.set_num_threads(args.threads)
     try:
         import pydensecrf.densecrf as dcrf
@@ -186,83 +251,19 @@ def main() -> None:
     rows = []
     with torch.no_grad():
         for i, path in enumerate(paths):
-            rgb = np.ascontiguousarray(np.array(Image.open(path).convert("RGB")))
-            image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-            if model is not None:
-                logits = model_logits(model, image)
-            else:
-                labels = np.array(Image.open(args.data_root / "valannot" / path.name))
-                logits = stand_in_logits(labels, seed=i)
-            # cold: a fresh module builds both lattices (the position lattice is then cached
-            # per image size, as it does not depend on the image)
-            fresh = DenseCRF(num_iterations=args.iterations, **PARAMS)
-            t_cold, _ = timed(lambda f=fresh, x=logits, im=image: f(x, im), 1)
-            dense(logits, image)  # warm-up (allocator, kernels, position lattice)
-            # pydensecrf and atrous alternate, run by run, so that both see the same machine
-            # (on a shared machine, absolute times drift between seconds)
-            runs = {"dense": lambda x=logits, im=image: dense(x, im)}
-            if dcrf is not None:
-                runs["pydensecrf"] = lambda x=logits, rgb=rgb: run_pydensecrf(dcrf, x, rgb, args.iterations)
-            times, results = interleaved(runs, args.repeats)
-            t_dense, ours = times["dense"], results["dense"]
-            t_conv, conv_out = timed(lambda logits=logits, image=image: conv(logits, image), args.repeats)
-            labels_ours = ours[0].argmax(0).numpy()
-            row = dict(
-                image=path.name,
-                atrous_dense_s=t_dense,
-                atrous_dense_cold_s=t_cold,
-                atrous_conv_s=t_conv,
-                conv_vs_dense_agreement=float((conv_out[0].argmax(0).numpy() == labels_ours).mean()),
-                unary_vs_dense_agreement=float((logits[0].argmax(0).numpy() == labels_ours).mean()),
-            )
-            if dcrf is not None:
-                t_ref, q = times["pydensecrf"], results["pydensecrf"]
-                row.update(
-                    pydensecrf_s=t_ref,
-                    speedup_vs_pydensecrf=t_ref / t_dense,
-                    speedup_vs_pydensecrf_cold=t_ref / t_cold,
-                    agreement=float((q.argmax(0) == labels_ours).mean()),
-                    max_abs_q_difference=float(np.abs(q - ours[0].exp().numpy()).max()),
-                )
-            rows.append(row)
+            rgb, image, logits = image_and_logits(path, i, args.data_root, model)
+            rows.append(measure_image(path.name, rgb, image, logits, args, (dense, conv), dcrf))
             if args.backward and i == 0:
                 backward = backward_timing(logits, image, args.iterations, args.repeats)
 
-    def med(key):
-        values = [r[key] for r in rows if key in r]
-        return statistics.median(values) if values else None
-
-    summary = dict(
-        command=" ".join(["benchmarks/crf.py", *sys.argv[1:]]),
-        size="480x360", classes=NUM_CLASSES, iterations=args.iterations, images=len(rows),
-        threads=args.threads, unaries="checkpoint" if model is not None else "stand-in",
-        parameters=PARAMS, conv_filter_size=conv.filter_size, conv_blur=conv.blur,
-        median_atrous_dense_s=med("atrous_dense_s"), median_atrous_conv_s=med("atrous_conv_s"),
-        median_pydensecrf_s=med("pydensecrf_s"),
-        median_speedup_vs_pydensecrf=med("speedup_vs_pydensecrf"),
-        median_speedup_vs_pydensecrf_cold=med("speedup_vs_pydensecrf_cold"),
-        machine_load_1min=float(open("/proc/loadavg").read().split()[0]),
-        cpu=_cpu_name(), precision="fp32",
-        min_agreement=min((r["agreement"] for r in rows if "agreement" in r), default=None),
-        mean_agreement=(statistics.mean(r["agreement"] for r in rows) if dcrf else None),
-        torch=torch.__version__,
-    )
+    summary = summarise(rows, args, conv, "checkpoint" if model is not None else "stand-in", dcrf is not None)
     if args.backward:
         summary["backward_first_image"] = backward
     if args.memory:
         summary["memory_2048x1024"] = peak_memory(args.iterations, args.threads)
-    header = f"{'image':<18}{'pydensecrf s':>14}{'atrous s':>10}{'ratio':>8}{'agree':>9}{'conv s':>9}"
-    print(header)
-    for r in rows:
-        ref = r.get("pydensecrf_s", float("nan"))
-        print(
-            f"{r['image']:<18}{ref:>14.3f}{r['atrous_dense_s']:>10.3f}"
-            f"{r.get('speedup_vs_pydensecrf', float('nan')):>8.2f}"
-            f"{r.get('agreement', float('nan')):>9.4f}{r['atrous_conv_s']:>9.3f}"
-        )
+    print_table(rows)
     print(json.dumps(summary, indent=2))
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(dict(summary=summary, images=rows), indent=2) + "\n")
+    write_json(args.json, dict(summary=summary, images=rows))
 
 
 if __name__ == "__main__":

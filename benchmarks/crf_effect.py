@@ -12,15 +12,13 @@ Writes benchmarks/results/crf_effect.json and prints a table. Every row is what
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
 import tempfile
-import time
-from pathlib import Path
 
 import torch
+from harness import CAMVID_DATA, RESULTS_DIR, clock, command_line, write_json
 
 from atrous.checkpoints.checkpoint import load_checkpoint
 from atrous.crf import DenseCRF
@@ -28,8 +26,6 @@ from atrous.data import build_dataset
 from atrous.inference.evaluate import evaluate
 from atrous.inference.refinement import build_crf
 from atrous.training.crf_fit import fit_checkpoint_crf
-
-ROOT = Path(__file__).resolve().parents[1]
 
 # DenseCRF settings tried: pydensecrf's README example and DeepLab's published VOC setting
 DENSE_SETTINGS = {
@@ -54,14 +50,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--dataset", default="camvid")
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "camvid"))
+    parser.add_argument("--data-root", default=str(CAMVID_DATA))
     parser.add_argument("--split", default="val")
     parser.add_argument("--trimap", type=int, nargs="+", default=[2, 5, 10])
     parser.add_argument("--fit-iters", type=int, default=100)
     parser.add_argument("--fit-crop", type=int, default=256)
     parser.add_argument("--fit-images", type=int, default=None)
     parser.add_argument("--max-images", type=int, default=None, help="evaluate on the first N images only")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "crf_effect.json"))
+    parser.add_argument("--json", default=str(RESULTS_DIR / "crf_effect.json"))
     args = parser.parse_args()
 
     model = load_checkpoint(args.checkpoint)
@@ -73,9 +69,9 @@ def main() -> int:
     rows = []
 
     def run(name: str, crf: torch.nn.Module | None) -> None:
-        started = time.perf_counter()
-        metrics = evaluate(model, dataset, batch_size=1, crf=crf, trimap_widths=args.trimap, progress=True)
-        rows.append(row(name, metrics, time.perf_counter() - started))
+        seconds, metrics = clock(lambda: evaluate(model, dataset, batch_size=1, crf=crf, trimap_widths=args.trimap,
+                                                  progress=True))
+        rows.append(row(name, metrics, seconds))
         print(f"{name}: mIoU {metrics['mIoU']:.4f}", flush=True)
 
     run("none", None)
@@ -83,11 +79,9 @@ def main() -> int:
         run(name, DenseCRF(**params).eval())
     with tempfile.TemporaryDirectory() as folder:
         fitted = os.path.join(folder, "fitted.safetensors")
-        started = time.perf_counter()
-        summary = fit_checkpoint_crf(args.checkpoint, args.dataset, out=fitted, kind="conv", data_root=args.data_root,
-                                     iters=args.fit_iters, crop_size=args.fit_crop, max_images=args.fit_images,
-                                     progress=True)
-        fit_seconds = time.perf_counter() - started
+        fit_seconds, summary = clock(lambda: fit_checkpoint_crf(
+            args.checkpoint, args.dataset, out=fitted, kind="conv", data_root=args.data_root, iters=args.fit_iters,
+            crop_size=args.fit_crop, max_images=args.fit_images, progress=True))
         fitted_model = load_checkpoint(fitted)
         run("conv (defaults)", build_crf("conv", model))
         run(f"conv (fitted, {args.fit_iters} its)", build_crf("conv", fitted_model))
@@ -100,7 +94,7 @@ def main() -> int:
         tri = " ".join(f"{100 * r['trimap'][w]:6.2f}" for w in widths)
         print(f"{r['setting']:<44} {100 * r['mIoU']:6.2f} {100 * r['pixel_accuracy']:7.2f} {tri}")
     result = {
-        "command": " ".join([os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+        "command": command_line(__file__),
         "checkpoint": args.checkpoint,
         "dataset": args.dataset,
         "split": args.split,
@@ -109,8 +103,7 @@ def main() -> int:
         f"{torch.get_num_threads()} threads",
         "rows": rows,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     print(f"wrote {args.json}")
     return 0
 

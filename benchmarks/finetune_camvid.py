@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from harness import CAMVID_DATA, RESULTS_DIR, ROOT, clock, command_line, cpu_name, write_json
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from atrous.data import build_dataset  # noqa: E402
@@ -68,27 +67,20 @@ def merged_folder(camvid: str, out: Path) -> Path:
 
 
 def run(cfg: TrainConfig) -> dict:
-    started = time.perf_counter()
-    result = train(cfg)
+    wall, result = clock(lambda: train(cfg))
     return {"miou": result[cfg.eval_split]["mIoU"], "per_class_iou": result[cfg.eval_split]["per_class_iou"],
-            "train_seconds": result["train"]["seconds"], "wall_seconds": round(time.perf_counter() - started, 1),
+            "train_seconds": result["train"]["seconds"], "wall_seconds": round(wall, 1),
             "precision": result["train"]["precision"]}
-
-
-def cpu_name() -> str:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
-    return f"{name} ({'AVX512-BF16' if ' avx512_bf16' in text else 'no AVX512-BF16'})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default=str(ROOT.parent / "shared" / "data" / "camvid"))
+    parser.add_argument("--data-root", default=str(CAMVID_DATA))
     parser.add_argument("--work", type=Path, default=Path("/tmp/atrous_finetune"))
     parser.add_argument("--source-iters", type=int, default=600)
     parser.add_argument("--iters", type=int, nargs="+", default=[150, 450])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "finetune_camvid.json")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "finetune_camvid.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = merged_folder(args.data_root, args.work / "camvid_merged")
@@ -110,11 +102,10 @@ def main() -> None:
         rows[f"scratch_{iters}"] = run(TrainConfig(**target, iters=iters, lr=1e-3, overwrite=True,
                                                    out=str(args.work / f"scratch_{iters}")))
         print(json.dumps({k: (v["miou"], v["train_seconds"]) for k, v in rows.items()}), flush=True)
-    summary = {"command": " ".join(["benchmarks/finetune_camvid.py", *sys.argv[1:]]), "cpu": cpu_name(),
+    summary = {"command": command_line(__file__), "cpu": cpu_name(bf16=True, fallback="?"),
                "threads": args.threads, "source_iters": args.source_iters, "classes": MERGED,
                "judged_on": "0006R0 (seq_test), never seen by the source or the target runs", "rows": rows}
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(args.json, summary)
     print(f"{'run':<16}{'held-out mIoU':>15}{'train s':>10}")
     for name, row in rows.items():
         print(f"{name:<16}{row['miou']:>15.3f}{row['train_seconds']:>10.0f}")

@@ -21,12 +21,10 @@ import argparse
 import itertools
 import os
 import sys
-from pathlib import Path
 
 import torch
 import yaml
-
-ROOT = Path(__file__).resolve().parents[1]
+from harness import ROOT
 
 
 def parse_sets(items: list[str]) -> dict:

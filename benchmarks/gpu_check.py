@@ -63,14 +63,26 @@ import tempfile  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
+from functools import partial  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from harness import (  # noqa: E402
+    RESULTS_DIR,
+    clock,
+    command_line,
+    cpu_name,
+    import_sibling,
+    interleaved,
+    pad_to,
+    set_batch_norm_statistics,
+    timed,
+    write_file,
+    write_json,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 RESERVE_S = 8.0  # kept back from the budget to write the results
 DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -221,7 +233,7 @@ class Check:
     # ---- outputs
     def result(self) -> dict[str, Any]:
         return {
-            "command": " ".join(["python", os.path.relpath(sys.argv[0], ROOT), *sys.argv[1:]]),
+            "command": command_line(__file__, python=True),
             "dry_run": self.dry,
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "wall_s": round(time.perf_counter() - START, 2),
@@ -233,8 +245,7 @@ class Check:
         }
 
     def save(self) -> None:
-        self.args.json.parent.mkdir(parents=True, exist_ok=True)
-        self.args.json.write_text(json.dumps(self.result(), indent=2) + "\n")
+        write_json(self.args.json, self.result())
 
 
 def planned(row_id: str, check: Check) -> dict[str, Any]:
@@ -286,54 +297,15 @@ def release_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def timed(fn: Callable[[], Any], device: torch.device, repeats: int) -> tuple[float, list[float], Any]:
-    """Median seconds of `repeats` calls (synchronised before and after each), the times, the
-    last result."""
-    times, result = [], None
-    for _ in range(repeats):
-        sync(device)
-        start = time.perf_counter()
-        result = fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times, result
-
-
-def interleaved(paths: dict[str, Callable[[], Any]], device: torch.device, warmup: int,
-                repeats: int) -> tuple[dict[str, float], dict[str, list[float]]]:
-    """Median seconds of each path: `warmup` untimed calls each, then `repeats` rounds in
-    which every path runs once in turn (all see the same machine state)."""
-    for fn in paths.values():
-        for _ in range(warmup):
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in paths}
-    for _ in range(repeats):
-        for name, fn in paths.items():
-            sync(device)
-            start = time.perf_counter()
-            fn()
-            sync(device)
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}, times
+def synchronizer(device: torch.device) -> Callable[[], None] | None:
+    """What makes a timer wait for `device`'s queued work (harness.clock's `sync`):
+    torch.cuda.synchronize on a GPU, nothing on the CPU (a call is done when it returns)."""
+    return partial(torch.cuda.synchronize, device) if device.type == "cuda" else None
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
     dtype = DTYPES[precision]
     return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
-
-
-def cpu_name() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor() or platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")),
-                platform.machine())
 
 
 def version(package: str) -> str | None:
@@ -369,6 +341,7 @@ def crf_inputs(plan: Plan, count: int) -> tuple[torch.Tensor, torch.Tensor]:
     synthetic scenes (masks as noisy, smoothed one-hot logits, as benchmarks/crf.py)."""
     from atrous.data import SyntheticScenes
 
+    noisy_smoothed = import_sibling("crf").noisy_smoothed  # benchmarks/crf.py's stand-in unaries
     h, w = plan.crf_size
     scenes = SyntheticScenes("val", length=count, size=max(h, w))
     images, logits = [], []
@@ -377,8 +350,7 @@ def crf_inputs(plan: Plan, count: int) -> tuple[torch.Tensor, torch.Tensor]:
         labels = mask[:h, :w] % plan.crf_classes
         g = torch.Generator().manual_seed(i)
         onehot = F.one_hot(labels, plan.crf_classes).permute(2, 0, 1).float()[None]
-        noisy = 3.0 * onehot + 2.0 * torch.randn(onehot.shape, generator=g)
-        logits.append(2.0 * F.avg_pool2d(noisy, 7, stride=1, padding=3, count_include_pad=False))
+        logits.append(noisy_smoothed(onehot, g))
         images.append(image[None, :, :h, :w].float())
     return torch.cat(logits), torch.cat(images)
 
@@ -390,9 +362,9 @@ def task_crf(check: Check, batch: int) -> None:
     from atrous.crf import ConvCRF, DenseCRF
 
     plan, device = check.plan, check.device
-    if str(ROOT / "benchmarks") not in sys.path:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-    from crf import PARAMS, run_pydensecrf  # benchmarks/crf.py: the CPU comparison's parameters
+    sync = synchronizer(device)
+    crf = import_sibling("crf")  # benchmarks/crf.py: the CPU comparison's parameters
+    PARAMS, run_pydensecrf = crf.PARAMS, crf.run_pydensecrf
 
     dense_id, conv_id = ("a1", "a3") if batch == 1 else ("a2", "a4")
     logits, images = crf_inputs(plan, batch)
@@ -402,11 +374,11 @@ def task_crf(check: Check, batch: int) -> None:
     conv = ConvCRF(num_iterations=plan.crf_iterations, **PARAMS).to(device)
     with torch.no_grad():
         fresh = DenseCRF(num_iterations=plan.crf_iterations, **PARAMS).to(device)
-        cold_s, _, _ = timed(lambda: fresh(logits_d, images_d), device, 1)  # builds the position lattice
+        cold_s, _, _ = timed(lambda: fresh(logits_d, images_d), 1, sync=sync)  # builds the position lattice
         dense(logits_d, images_d)  # warm-up
         conv(logits_d, images_d)
-        t_dense, dense_times, out_dense = timed(lambda: dense(logits_d, images_d), device, plan.crf_repeats)
-        t_conv, conv_times, out_conv = timed(lambda: conv(logits_d, images_d), device, plan.crf_repeats)
+        t_dense, dense_times, out_dense = timed(lambda: dense(logits_d, images_d), plan.crf_repeats, sync=sync)
+        t_conv, conv_times, out_conv = timed(lambda: conv(logits_d, images_d), plan.crf_repeats, sync=sync)
     labels_dense = out_dense.argmax(1).cpu()
     labels_conv = out_conv.argmax(1).cpu()
     labels_unary = logits.argmax(1)
@@ -421,7 +393,7 @@ def task_crf(check: Check, batch: int) -> None:
             return [run_pydensecrf(dcrf, logits[i : i + 1], rgb[i], plan.crf_iterations) for i in range(batch)]
 
         repeats = plan.crf_repeats if batch == 1 else plan.crf_batch_repeats
-        peer_s, peer_times, q = timed(reference, torch.device("cpu"), repeats)
+        peer_s, peer_times, q = timed(reference, repeats)
         labels_ref = torch.from_numpy(np.stack([qi.argmax(0) for qi in q]))
 
     def agreement(labels: torch.Tensor) -> float | None:
@@ -439,10 +411,6 @@ def task_crf(check: Check, batch: int) -> None:
 
 
 # ---------------------------------------------------------------- b. training step
-
-
-def pad_to(x: torch.Tensor, divisor: int) -> torch.Tensor:
-    return F.pad(x, (0, -x.shape[-1] % divisor, 0, -x.shape[-2] % divisor))
 
 
 def make_train_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str, *,
@@ -500,7 +468,7 @@ def task_train(check: Check, row_id: str) -> None:
     for name, build in candidates.items():
         try:
             step = build()
-            first[name], _, _ = timed(step, device, 1)
+            first[name], _, _ = timed(step, 1, sync=synchronizer(device))
             row.setdefault("details", {})["first_step_s"] = dict(first)  # kept if the budget ends the row
         except Exception as err:
             what = f"{name}{' under torch.compile' if compile_backend else ''}: {one_line(err)}"
@@ -509,7 +477,8 @@ def task_train(check: Check, row_id: str) -> None:
             peer_reason = peer_reason or f"failed: {what}"
             continue
         paths[name] = step
-    median, times = interleaved(paths, device, max(plan.train_warmup - 1, 0), plan.train_repeats)
+    median, times, _ = interleaved(paths, plan.train_repeats, warmup=max(plan.train_warmup - 1, 0),
+                                   sync=synchronizer(device))
     sep = median.get("atrous separable")
     details = dict(loss="cross-entropy", optimizer="SGD lr 0.01 momentum 0.9 weight decay 1e-4",
                    channels_last=True, smp_input="zero-padded to a multiple of 16, logits cropped",
@@ -523,21 +492,6 @@ def task_train(check: Check, row_id: str) -> None:
 
 
 # ---------------------------------------------------------------- c. inference
-
-
-def set_batch_norm_statistics(model: torch.nn.Module, images: torch.Tensor) -> None:
-    """Batch-norm statistics of `images` (one train-mode pass, no gradient), so that random
-    weights give activations of realistic scale (fp16 does not overflow)."""
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-    for module in norms:
-        module.reset_running_stats()
-        module.momentum = None  # the plain average
-    model.train()
-    with torch.no_grad():
-        model(images)
-    for module in norms:
-        module.momentum = 0.1
-    model.eval()
 
 
 def inference_models(check: Check, shared: dict[str, Any]) -> dict[str, Any]:
@@ -575,11 +529,8 @@ def task_infer(check: Check, row_id: str, shared: dict[str, Any]) -> None:
     plan, device, precision = check.plan, check.device, check.rows[row_id]["precision"]
     models = inference_models(check, shared)
     tv, x = models["tv"], models["x"]
-    sync(device)
-    began = time.perf_counter()
-    net = prepare(models["ours"], precision)  # batch norm folded, channels-last, autocast: once
-    sync(device)
-    prepare_s = time.perf_counter() - began
+    # batch norm folded, channels-last, autocast: once
+    prepare_s, net = clock(lambda: prepare(models["ours"], precision), synchronizer(device))
 
     def ours() -> torch.Tensor:
         return atrous.infer(net, x)
@@ -588,8 +539,8 @@ def task_infer(check: Check, row_id: str, shared: dict[str, Any]) -> None:
         with torch.no_grad(), autocast(device, precision):
             return tv(x)["out"]
 
-    median, times = interleaved({"atrous": ours, "torchvision": peer}, device, plan.infer_warmup,
-                                   plan.infer_repeats)
+    median, times, _ = interleaved({"atrous": ours, "torchvision": peer}, plan.infer_repeats,
+                                   warmup=plan.infer_warmup, sync=synchronizer(device))
     labels_ours, labels_tv, labels_fp32 = ours().argmax(1), peer().argmax(1), models["labels_fp32"]
     same = float((labels_ours == labels_tv).double().mean())
     check.fill(row_id, median["atrous"], median["torchvision"], times=times["atrous"],
@@ -737,8 +688,8 @@ def main() -> int:
     parser.add_argument("--sections", nargs="+", default=None, help="run only these sections or rows (a b c d b3 ...)")
     args = parser.parse_args()
     stem = "gpu_check_dry" if args.dry_run else "gpu_check"
-    args.json = args.json or RESULTS / f"{stem}.json"
-    args.markdown = args.markdown or RESULTS / f"{stem}.md"
+    args.json = args.json or RESULTS_DIR / f"{stem}.json"
+    args.markdown = args.markdown or RESULTS_DIR / f"{stem}.md"
     args.timeout_s = args.timeout_s or (240.0 if args.dry_run else 440.0)
     if not args.dry_run and not torch.cuda.is_available():
         print("gpu_check: no CUDA GPU here (torch.cuda.is_available() is False); --dry-run runs every row "
@@ -775,8 +726,7 @@ def main() -> int:
     result = check.result()
     check.save()
     table = markdown(result)
-    args.markdown.parent.mkdir(parents=True, exist_ok=True)
-    args.markdown.write_text(table)
+    write_file(args.markdown, table)
     print(table, flush=True)
     log(f"wrote {args.json} and {args.markdown}")
     if check.interrupted:  # a stopped compilation may leave worker threads behind: do not wait for them

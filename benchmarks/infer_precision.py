@@ -14,21 +14,16 @@ table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import statistics
-import time
-from pathlib import Path
 
 import torch
+from harness import RESULTS_DIR, clock, machine_word, write_json
 
 import atrous
 from atrous.checkpoints.meta import normalisation
 from atrous.data import build_dataset, eval_transform
 from atrous.inference.infer import prepare
 from atrous.metrics import ConfusionMatrix
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def measure(checkpoint: str, data_root: str | None, max_images: int | None) -> dict:
@@ -45,9 +40,8 @@ def measure(checkpoint: str, data_root: str | None, max_images: int | None) -> d
         image = transform(raw, mask, None)[0][None]
         labels = {}
         for name, net in paths.items():
-            began = time.perf_counter()
-            labels[name] = atrous.infer(net, image).argmax(1)
-            seconds[name].append(time.perf_counter() - began)
+            took, labels[name] = clock(lambda net=net, image=image: atrous.infer(net, image).argmax(1))
+            seconds[name].append(took)
             matrices[name].update(labels[name], mask[None])
         same += int((labels["fp32"] == labels["auto"]).sum())
         total += labels["fp32"].numel()
@@ -57,7 +51,7 @@ def measure(checkpoint: str, data_root: str | None, max_images: int | None) -> d
         "auto_resolves_to": paths["auto"].precision,
         "label_agreement": same / total,
         "threads": torch.get_num_threads(),
-        "machine": platform.processor() or platform.machine(),
+        "machine": machine_word(),
     }
     for name in paths:
         result[name] = {"mIoU": matrices[name].compute()["mIoU"], "median_s": statistics.median(seconds[name])}
@@ -71,7 +65,7 @@ def main() -> None:
     parser.add_argument("--data-root")
     parser.add_argument("--max-images", type=int)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "infer_precision.json"))
+    parser.add_argument("--json", default=str(RESULTS_DIR / "infer_precision.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     result = measure(args.checkpoint, args.data_root, args.max_images)
@@ -81,8 +75,7 @@ def main() -> None:
         print(f"{name:<6} {100 * result[name]['mIoU']:7.2f} {result[name]['median_s']:9.3f}")
     print(f"label agreement {100 * result['label_agreement']:.3f} %, time auto/fp32 "
           f"{result['time_ratio_auto_over_fp32']:.2f}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     print(f"wrote {args.json}")
 
 

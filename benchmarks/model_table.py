@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import time
-from pathlib import Path
 
 import torch
+from harness import RESULTS_DIR, ROOT, write_file, write_json
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 import atrous
 from atrous.backbones import Backbone
-
-ROOT = Path(__file__).resolve().parent.parent
 
 # the configuration each paper counts its parameters in: (num_classes, in_channels, millions)
 PAPER = {
@@ -175,7 +172,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--no-rf", action="store_true", help="skip the receptive fields (slow)")
     parser.add_argument("--models", default="", help="comma-separated subset")
-    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "model_table.json"))
+    parser.add_argument("--json", default=str(RESULTS_DIR / "model_table.json"))
     parser.add_argument("--markdown", default=str(ROOT / "docs" / "models.md"))
     args = parser.parse_args()
     torch.set_grad_enabled(True)
@@ -193,10 +190,8 @@ def main() -> None:
         print(f"{name:20s} {row['params_m']:8.2f}M  OS {row['output_stride']:2d}  "
               f"RF {row['receptive_field']}  {row['gflops']:7.1f} GFLOPs  ({time.perf_counter() - start:.0f}s)",
               flush=True)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"size": args.size, "models": rows}, indent=2) + "\n")
-    Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.markdown).write_text(markdown(rows, args.size))
+    write_json(args.json, {"size": args.size, "models": rows})
+    write_file(args.markdown, markdown(rows, args.size))
     print(f"wrote {args.markdown} and {args.json}")
 
 

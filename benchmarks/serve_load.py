@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import json
 import os
 import platform
 import re
@@ -34,9 +33,9 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+from harness import CAMVID_DATA, RESULTS_DIR, ROOT, command_line, timed, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
-CAMVID_IMAGE = ROOT.parent / "shared" / "data" / "camvid" / "val" / "0016E5_07959.png"
+CAMVID_IMAGE = CAMVID_DATA / "val" / "0016E5_07959.png"
 LIMIT_SIZE = (2304, 1728)  # 3.98 megapixels: just under `atrous serve`'s default --max-megapixels 4
 
 
@@ -185,12 +184,8 @@ def bare_times_ms(checkpoint: Path, png: bytes, query: dict[str, str], repeats: 
     options = Options(output=query.get("output", "mask"), crf=query.get("crf", "none"))
     times: list[float] = []
 
-    def work() -> None:
-        segmenter.run(png, "load.png", options, Timer())  # warm-up
-        for _ in range(repeats):
-            start = time.perf_counter()
-            segmenter.run(png, "load.png", options, Timer())
-            times.append(time.perf_counter() - start)
+    def work() -> None:  # a warm-up, then the timed runs
+        times.extend(timed(lambda: segmenter.run(png, "load.png", options, Timer()), repeats, warmup=1).times)
 
     # in a worker thread, as in the server: on this machine the main thread's inference was
     # several times slower than a worker thread's, which would flatter the server
@@ -200,7 +195,7 @@ def bare_times_ms(checkpoint: Path, png: bytes, query: dict[str, str], repeats: 
     return [1000 * t for t in times]
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", help="default: a fresh `make demo` architecture")
     parser.add_argument("--image", help="default: a CamVid val image, else a synthetic scene")
@@ -212,55 +207,51 @@ def main() -> int:
                         help="a row with this many clients against --queue 2: 503s by design (0: no row)")
     parser.add_argument("--no-limit-rows", dest="limit_rows", action="store_false",
                         help="skip the two rows of one image at the default pixel limit")
-    args = parser.parse_args()
+    return parser.parse_args()
 
-    import torch
 
-    query = {"output": args.output, "crf": args.crf}
-    query_string = "&".join(f"{k}={v}" for k, v in query.items())
-    png, image = request_image(args.image)
+def server_rows(checkpoint: Path, tmp: Path, args: argparse.Namespace, png: bytes, query: str,
+                queue: str) -> tuple[list[dict], float | None]:
+    """The rows measured on a server: one per --clients count (a server with --queue
+    `queue`), the overload row (its own server, --queue 2), the two rows of one image at the
+    pixel limit (a fresh server); and the first server's peak memory after its warm-up."""
     body, content_type = multipart(png)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = Path(args.checkpoint) if args.checkpoint else demo_checkpoint(Path(tmp) / "demo.safetensors")
-        rows = []
-        queue = str(max(args.clients) + 1)
-        repeats = max(3, args.requests // 8)
-        bare_times = bare_times_ms(checkpoint, png, query, repeats)  # before the server rows and after
-        server = Server(checkpoint, Path(tmp) / "server.log", "--queue", queue)
+    rows = []
+    server = Server(checkpoint, tmp / "server.log", "--queue", queue)
+    try:
+        warm = load(server, body, content_type, clients=1, requests=2, query=query)
+        idle_rss = server.peak_rss_mib()
+        assert warm["errors"] == 0, (warm, (tmp / "server.log").read_text()[-2000:])
+        for clients in args.clients:
+            rows.append({"row": f"{clients} clients", **load(server, body, content_type, clients=clients,
+                                                              requests=args.requests, query=query)})
+    finally:
+        server.stop()
+    if args.overload_clients:
+        server = Server(checkpoint, tmp / "overload.log", "--queue", "2")
         try:
-            warm = load(server, body, content_type, clients=1, requests=2, query=query_string)
-            idle_rss = server.peak_rss_mib()
-            assert warm["errors"] == 0, (warm, (Path(tmp) / "server.log").read_text()[-2000:])
-            for clients in args.clients:
-                rows.append({"row": f"{clients} clients", **load(server, body, content_type, clients=clients,
-                                                                  requests=args.requests, query=query_string)})
+            load(server, body, content_type, clients=1, requests=2, query=query)
+            rows.append({"row": f"{args.overload_clients} clients, queue 2 (overload)",
+                         **load(server, body, content_type, clients=args.overload_clients,
+                                requests=args.requests, query=query)})
         finally:
             server.stop()
-        if args.overload_clients:
-            server = Server(checkpoint, Path(tmp) / "overload.log", "--queue", "2")
-            try:
-                load(server, body, content_type, clients=1, requests=2, query=query_string)
-                rows.append({"row": f"{args.overload_clients} clients, queue 2 (overload)",
-                             **load(server, body, content_type, clients=args.overload_clients,
-                                    requests=args.requests, query=query_string)})
-            finally:
-                server.stop()
-        if args.limit_rows:
-            big, big_image = request_image(args.image, LIMIT_SIZE)
-            big_body, big_type = multipart(big)
-            server = Server(checkpoint, Path(tmp) / "limit.log")
-            try:
-                for crf in ("none", "dense"):
-                    rows.append({"row": f"1 image {LIMIT_SIZE[0]}x{LIMIT_SIZE[1]}, crf={crf}",
-                                 **load(server, big_body, big_type, clients=1, requests=1,
-                                        query=f"output={args.output}&crf={crf}")})
-            finally:
-                server.stop()
-        bare_times += bare_times_ms(checkpoint, png, query, repeats)
-        bare = statistics.median(bare_times)
+    if args.limit_rows:
+        big, _ = request_image(args.image, LIMIT_SIZE)
+        big_body, big_type = multipart(big)
+        server = Server(checkpoint, tmp / "limit.log")
+        try:
+            for crf in ("none", "dense"):
+                rows.append({"row": f"1 image {LIMIT_SIZE[0]}x{LIMIT_SIZE[1]}, crf={crf}",
+                             **load(server, big_body, big_type, clients=1, requests=1,
+                                    query=f"output={args.output}&crf={crf}")})
+        finally:
+            server.stop()
+    return rows, idle_rss
 
-    print(f"atrous serve load test: {image}, {query_string}, server --concurrency 1 --queue {queue}; "
-          f"the same work without HTTP: {bare:.0f} ms (median); server RSS after warm-up {idle_rss:.0f} MiB")
+
+def print_table(rows: list[dict], bare: float) -> None:
+    """The rows, each with its p50 over the bare median (`p50_over_bare`, set here)."""
     print(f"{'':<34} {'req/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p50/bare':>9} {'errors':>6} {'503':>5} {'peak RSS MiB':>13}")
     nan = float("nan")
     for row in rows:
@@ -268,8 +259,30 @@ def main() -> int:
         row["p50_over_bare"] = None if ratio != ratio else round(ratio, 2)  # NaN: not comparable
         print(f"{row['row']:<34} {row['requests_per_s']:>7.2f} {row['p50_ms'] or nan:>8.0f} {row['p95_ms'] or nan:>8.0f} "
               f"{ratio:>9.2f} {row['errors']:>6} {row['refused_503']:>5} {row['peak_rss_mib'] or nan:>13.0f}")
+
+
+def main() -> int:
+    args = parse_args()
+
+    import torch
+
+    query = {"output": args.output, "crf": args.crf}
+    query_string = "&".join(f"{k}={v}" for k, v in query.items())
+    png, image = request_image(args.image)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = Path(args.checkpoint) if args.checkpoint else demo_checkpoint(Path(tmp) / "demo.safetensors")
+        queue = str(max(args.clients) + 1)
+        repeats = max(3, args.requests // 8)
+        bare_times = bare_times_ms(checkpoint, png, query, repeats)  # before the server rows and after
+        rows, idle_rss = server_rows(checkpoint, Path(tmp), args, png, query_string, queue)
+        bare_times += bare_times_ms(checkpoint, png, query, repeats)
+        bare = statistics.median(bare_times)
+
+    print(f"atrous serve load test: {image}, {query_string}, server --concurrency 1 --queue {queue}; "
+          f"the same work without HTTP: {bare:.0f} ms (median); server RSS after warm-up {idle_rss:.0f} MiB")
+    print_table(rows, bare)
     result = {
-        "command": "benchmarks/serve_load.py " + " ".join(sys.argv[1:]),
+        "command": command_line(__file__),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "python": platform.python_version(), "torch": torch.__version__},
         "checkpoint": args.checkpoint or "fresh deeplab_v3plus resnet18 decoder_channels=128, 7 classes",
@@ -281,8 +294,8 @@ def main() -> int:
         "server_rss_after_warmup_mib": idle_rss,
         "rows": rows,
     }
-    out = ROOT / "benchmarks" / "results" / "serve_load.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS_DIR / "serve_load.json"
+    write_json(out, result)
     print(f"wrote {out.relative_to(ROOT)}")
     errors = sum(row["errors"] for row in rows)
     return 1 if errors else 0

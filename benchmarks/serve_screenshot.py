@@ -16,10 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness import ROOT
 from PIL import Image
 from serve_load import Server  # benchmarks/serve_load.py
 
-ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 

@@ -20,20 +20,18 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import camvid  # benchmarks/camvid.py: recipes, the peer pairs, the smp adapters
 import torch
+from harness import RESULTS_DIR, ROOT, clock, command_line, cpu_name, write_json
 
-ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {"eager": {}, "compile": {"compile": True}, "fused": {"fused_optimizer": True}}
 # atrous's DeepLab v3+ follows the paper: plain 3x3 convolutions in ASPP and decoder on a ResNet
 # (separable ones with Xception); smp's uses separable ones on every encoder. This variant
@@ -54,10 +52,10 @@ def make_stepper(recipe: Path, out: str, **overrides) -> Callable[[], float]:
 
     def step() -> float:
         micro_batches = next(steps)  # data loading is outside the timing, as for every model
-        start = time.perf_counter()
-        trainer._train_step(micro_batches, poly_lr(cfg.base_lr, trainer.step, trainer.total, cfg.poly_power))
+        seconds, _ = clock(lambda: trainer._train_step(
+            micro_batches, poly_lr(cfg.base_lr, trainer.step, trainer.total, cfg.poly_power)))
         trainer.step += 1
-        return time.perf_counter() - start
+        return seconds
 
     return step
 
@@ -124,12 +122,12 @@ def main() -> int:
         print_row(row)
     from atrous.runtime.device import cpu_has_native_bf16
 
-    result = {"command": "benchmarks/train_speed.py " + " ".join(sys.argv[1:]), "threads": args.threads,
-              "torch": torch.__version__, "machine": platform.machine(), "cpu": camvid.cpu_name(),
+    result = {"command": command_line(__file__), "threads": args.threads,
+              "torch": torch.__version__, "machine": platform.machine(), "cpu": cpu_name(),
               "native_bf16": cpu_has_native_bf16(),  # the recipes' precision "auto" is bf16 only then
               "rows": rows}
-    out = ROOT / "benchmarks" / "results" / "train_speed.json"
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    out = RESULTS_DIR / "train_speed.json"
+    write_json(out, result)
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
 
