@@ -61,6 +61,8 @@ class Option:
     cli: bool = True  # False: a config-file key only
     show_default: bool = True  # False where the default is explained in the help itself
     append: bool = False  # a repeatable flag: a list of its values (a dict for KEY=VALUE pairs)
+    const: Any = None  # with nargs="?": the value of the flag given alone (--save-best -> mIoU)
+    also: tuple[str, ...] = ()  # words a bool option also takes: --resume alone is True, --resume auto "auto"
 
     def choice_names(self) -> tuple[Any, ...] | None:
         if self.choices is None:
@@ -164,6 +166,10 @@ def _add_flag(parser: Any, item: Declared, defaults: bool) -> None:
         kwargs["default"] = argparse.SUPPRESS
     elif default is not dataclasses.MISSING:
         kwargs["default"] = default
+    if base is bool and opt.also:  # --resume (True) or --resume auto
+        parser.add_argument(flag_name(spec, opt), nargs="?", const=True, type=_word_of(opt.also),
+                            metavar="|".join(opt.also), **kwargs)
+        return
     if base is bool:
         main = opt.flag or (f"--no-{name.replace('_', '-')}" if default is True else flag_name(spec, opt))
         action = "store_false" if default is True else "store_true"
@@ -187,6 +193,8 @@ def _add_flag(parser: Any, item: Declared, defaults: bool) -> None:
         kwargs.update(metavar=opt.metavar or "{" + ",".join(map(str, choices)) + "}")
     if opt.nargs is not None:
         kwargs["nargs"] = opt.nargs
+    if opt.const is not None:
+        kwargs["const"] = opt.const
     if opt.positional:
         kwargs.pop("dest")
         parser.add_argument(name, **kwargs)
@@ -194,6 +202,15 @@ def _add_flag(parser: Any, item: Declared, defaults: bool) -> None:
     if default is dataclasses.MISSING and defaults:
         kwargs["required"] = True
     parser.add_argument(flag_name(spec, opt), **kwargs)
+
+
+def _word_of(words: tuple[str, ...]) -> Callable[[str], str]:
+    def word(text: str) -> str:
+        if text not in words:
+            raise argparse.ArgumentTypeError(f"expected nothing or one of {', '.join(words)}, got '{text}'")
+        return text
+
+    return word
 
 
 def key_value(text: str) -> tuple[str, Any]:
@@ -244,8 +261,9 @@ def check_value(name: str, value: Any, item: Declared) -> None:
     if value is None:
         raise UserError(f"{name} needs a value")
     if base is bool:
-        if not isinstance(value, bool):
-            raise UserError(f"{name} must be true or false, got {value!r}")
+        if not isinstance(value, bool) and value not in opt.also:
+            also = "".join(f" or {word}" for word in opt.also)
+            raise UserError(f"{name} must be true or false{also}, got {value!r}")
         return
     if base is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -295,6 +313,13 @@ def _check_range(name: str, value: float, opt: Option) -> None:
     for bound, holds, words in bounds:
         if bound is not None and not holds(value, bound):
             raise UserError(f"{name} must be {words} {bound:g}, got {value:g}")
+
+
+# --- option groups that every kind of command shares -----------------------------------------
+
+@dataclass(kw_only=True)
+class ProgressOptions:
+    progress: bool = option(True, "no progress bar")
 
 
 # --- config files --------------------------------------------------------------------------

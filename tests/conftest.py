@@ -12,6 +12,25 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def random_folder_dataset(root: Path, count: int, side: int = 32) -> list[int]:
+    """A `folder` dataset of `count` random RGB images and two-class masks under `root`;
+    returns epoch 0's order of seed 0 (atrous.training.parts.TrainStream), to find which
+    image a given step reads."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (side, side, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
+        Image.fromarray(rng.integers(0, 2, (side, side), dtype=np.uint8)).save(root / "masks" / f"{i}.png")
+    (root / "classes.json").write_text(json.dumps({"classes": ["a", "b"]}))
+    return [int(i) for i in np.random.default_rng([0, 0, 0]).permutation(count)]
+
+
 def tiny_config(out: Path, **overrides):
     from atrous.training.trainer import TrainConfig
 

@@ -16,10 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 from atrous.errors import UserError
@@ -30,7 +28,7 @@ from atrous.training.global_batch import (
     micro_batch_size,
     shard_dropout,
 )
-from tests.conftest import REPO, small_config
+from tests.conftest import REPO, random_folder_dataset, small_config
 
 WORKER_TIMEOUT_S = 300
 LOSS_CASES = {
@@ -246,8 +244,8 @@ def test_gradient_accumulation_over_two_processes(runs):
 
 def test_adversarial_training_and_ohem_over_two_processes(runs):
     assert_same_weights(runs / "w1_adv", runs / "w2_adv")
-    state1 = torch.load(runs / "w1_adv" / "train_state.pt", weights_only=True)["adversary"]["discriminator"]
-    state2 = torch.load(runs / "w2_adv" / "train_state.pt", weights_only=True)["adversary"]["discriminator"]
+    state1 = torch.load(runs / "w1_adv" / "train_state.pt", weights_only=True)["features"]["adversarial"]["discriminator"]
+    state2 = torch.load(runs / "w2_adv" / "train_state.pt", weights_only=True)["features"]["adversarial"]["discriminator"]
     for key in state1:  # Adam (lr 1e-4) moved them by at most 2e-4; it magnifies rounding in tiny gradients
         torch.testing.assert_close(state1[key], state2[key], atol=5e-5, rtol=1e-4, msg=key)
 
@@ -366,15 +364,7 @@ def test_the_readme_torchrun_line_works(tmp_path):
 def test_an_error_on_one_rank_ends_every_rank(tmp_path):
     """A corrupt image that only rank 1 reads: one line naming it, a non-zero exit, no hang."""
     root = tmp_path / "data"
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(root / "images" / f"{i}.png")
-        Image.fromarray(rng.integers(0, 2, (32, 32), dtype=np.uint8)).save(root / "masks" / f"{i}.png")
-    (root / "classes.json").write_text(json.dumps({"classes": ["a", "b"]}))
-    # the first global batch of 2 is items order[0] (rank 0) and order[1] (rank 1)
-    order = np.random.default_rng([0, 0, 0]).permutation(4)
+    order = random_folder_dataset(root, 4)  # the first global batch of 2: order[0] (rank 0) and order[1] (rank 1)
     (root / "images" / f"{order[1]}.png").write_bytes(b"not a png")
     started = time.monotonic()
     result = torchrun("-m", "atrous", "train", "--model", "unet", "--model-opt", "base_channels=4",
@@ -385,3 +375,29 @@ def test_an_error_on_one_rank_ends_every_rank(tmp_path):
     ours = [line for line in result.stderr.splitlines() if line.startswith("atrous train: error: rank 1:")]
     assert len(ours) == 1 and f"{order[1]}.png" in ours[0], result.stderr[-3000:]
     assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
+def test_sigterm_stops_every_rank_at_one_step_and_the_run_resumes(tmp_path):
+    """torchrun passes SIGTERM to both ranks: they agree on the step, rank 0 writes the state,
+    and `--resume auto` on two processes finishes the run."""
+    out = tmp_path / "run"
+    argv = ["-m", "atrous", "train", "--model", "unet", "--model-opt", "base_channels=4", "--dataset", "synthetic",
+            "--synthetic-size", "32", "--synthetic-length", "8", "--crop-size", "32", "--batch-size", "4",
+            "--iters", "40", "--eval-split", "", "--no-progress", "--checkpoint-every", "1000", "--out", str(out)]
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2",
+               "--master-port", str(_free_port()), *argv]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + WORKER_TIMEOUT_S
+    while not ((out / "log.jsonl").exists() and (out / "log.jsonl").read_text().strip()):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    process.terminate()
+    stdout, stderr = process.communicate(timeout=WORKER_TIMEOUT_S)
+    step = torch.load(out / "train_state.pt", weights_only=True)["step"]
+    assert 0 < step < 40 and stdout.count(f"stopped by SIGTERM after iteration {step} of 40") == 1, stderr[-3000:]
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if "event" in line]
+    assert [(e["event"], e["step"]) for e in events] == [("stopped", step)]
+    result = torchrun(*argv, "--resume", "auto")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(out / "train_state.pt", weights_only=True)["step"] == 40

@@ -21,22 +21,23 @@ FLAGS = Path(__file__).resolve().parent / "data" / "cli_flags.json"
 # each room, and the rooms it may import (torch, timm, numpy and the like aside)
 FLOORS = {
     "errors": set(),
+    "registry": {"errors"},
     "options": {"errors"},
     "outputs": {"errors"},
     "plugins": {"errors"},
     "layers": set(),
     "crf": set(),
     "metrics": set(),
-    "data": set(),
-    "runtime": {"errors"},
-    "losses": {"errors"},
+    "data": {"errors", "options", "registry"},
+    "runtime": {"errors", "options"},
+    "losses": {"errors", "registry"},
     "backbones": {"layers"},
-    "models": {"backbones", "layers"},
+    "models": {"backbones", "layers", "registry"},
     "checkpoints": {"models", "data", "errors", "outputs"},
     "inference": {"checkpoints", "crf", "data", "errors", "metrics", "models", "options", "outputs", "runtime"},
     "deployment": {"checkpoints", "data", "errors", "models", "outputs"},
     "training": {"checkpoints", "crf", "data", "errors", "inference", "losses", "models", "options", "outputs",
-                 "runtime"},
+                 "registry", "runtime"},
     "serve": {"checkpoints", "data", "errors", "inference", "options", "runtime"},
 }
 TOP = {"commands", "cli", "__main__", "atrous", "engine"}  # may import any room
@@ -298,3 +299,44 @@ def test_the_old_engine_names_still_work_with_a_warning():
         assert atrous.engine.TrainConfig is TrainConfig
     with pytest.raises(AttributeError):
         atrous.engine.nothing_here  # noqa: B018
+
+
+# options whose name recurs across commands with a meaning of each command's own
+MEANS_ONE_THING_PER_COMMAND = {
+    "batch_size": "training's global batch; images per inference or CRF-fitting batch",
+    "checkpoint": "what the command does with it differs (evaluate, predict, export, fit, serve)",
+    "crf": "fit-crf fits dense or conv; eval and predict may also say none",
+    "crf_params": "fit-crf's starting parameters; the parameters used at inference",
+    "crop_size": "training crops with augmentation; fit-crf's plain random crops",
+    "dataset": "trained on, evaluated on, fitted on",
+    "flip": "training's random flips; inference's averaged mirrored view",
+    "iters": "training, the demo and CRF fitting each count their own steps",
+    "lr": "the network's optimiser; the CRF's Adam",
+    "max_images": "evaluation's first N; fit-crf's at most N",
+    "metrics": "export: a metrics file for the card; plot: the curves to draw",
+    "out": "a run folder, an output folder, a file",
+    "output_stride": "training builds at a stride; inference runs a trained model at another",
+    "precision": "training's autocast; inference's prepared model; the frozen network of fit-crf",
+    "seed": "training's data and initialisation; fit-crf's crops and order",
+    "split": "evaluated; fitted on",
+}
+
+
+def test_each_option_is_declared_once_across_the_tool():
+    """An option that several commands take comes from one declaration (a group mixed in:
+    DatasetOptions, DeviceOptions, ProgressOptions, ViewOptions, ...), so its copies cannot
+    drift; a name that means something else in each command is listed above, with why."""
+    import dataclasses
+
+    from atrous.commands import COMMANDS, command_module
+
+    specs: dict[str, set] = collections.defaultdict(set)
+    for name in COMMANDS:
+        for spec in dataclasses.fields(command_module(name).Options):
+            option = spec.metadata["option"]
+            default = spec.default if spec.default is not dataclasses.MISSING else spec.default_factory
+            specs[spec.name].add((repr(option), repr(default)))
+    drifted = {name for name, seen in specs.items() if len(seen) > 1}
+    assert drifted == set(MEANS_ONE_THING_PER_COMMAND), sorted(drifted ^ set(MEANS_ONE_THING_PER_COMMAND))
+    for shared in ("device", "data_root", "num_classes", "synthetic_size", "progress"):
+        assert len(specs[shared]) == 1, shared

@@ -20,7 +20,7 @@ from atrous.data import SyntheticScenes
 from atrous.inference.evaluate import format_table, predict_logits
 from atrous.inference.predict import index_png, overlay
 from atrous.models import SegmentationModel
-from atrous.options import check_options, option
+from atrous.options import ProgressOptions, check_options, option
 from atrous.outputs import require_writable_folder
 from atrous.training import TrainConfig, train
 
@@ -78,10 +78,9 @@ def write_examples(model: SegmentationModel, out: str, count: int = 6) -> str:
 
 
 @dataclass(kw_only=True)
-class DemoOptions:
+class DemoOptions(ProgressOptions):
     out: str = option("runs/demo", "output folder")
     iters: int | None = option(None, "override the demo's iteration count", ge=1)
-    progress: bool = option(True, "no progress bar")
 
 
 def run(opts: DemoOptions) -> dict:

@@ -9,33 +9,31 @@ from atrous.checkpoints import load_checkpoint, palette_of
 from atrous.checkpoints.onnx_model import OnnxModel
 from atrous.commands.inference_options import CrfOptions, ViewOptions
 from atrous.data import build_dataset, list_datasets
+from atrous.data.options import DatasetOptions
 from atrous.errors import UserError
 from atrous.inference.evaluate import FirstItems, evaluate, format_table
 from atrous.inference.plots import RANK_BY, WorstImages, require_matplotlib, write_eval_plots
 from atrous.inference.refinement import build_crf
 from atrous.models import SegmentationModel
-from atrous.options import check_options, option
+from atrous.options import ProgressOptions, check_options, option
 from atrous.outputs import require_writable_file, require_writable_folder, write_json_atomic
 from atrous.runtime.device import resolve_device
 from atrous.runtime.distributed import process_group, rank_device
+from atrous.runtime.options import DeviceOptions
 
 HELP = "evaluate a checkpoint: per-class table and summary metrics"
 
 
 @dataclass(kw_only=True)
-class EvalOptions(ViewOptions, CrfOptions):
+class EvalOptions(ViewOptions, CrfOptions, DatasetOptions, DeviceOptions, ProgressOptions):
     checkpoint: str = option(help="a checkpoint (.safetensors), or an .onnx file from atrous export")
     dataset: str = option(help="the dataset", choices=list_datasets)
-    data_root: str | None = option(None, "dataset folder in its native layout (default ../shared/data/<dataset>)")
     split: str = option("val", "the split evaluated")
-    num_classes: int | None = option(None, "folder datasets without classes.json", ge=1)
     max_images: int | None = option(None, "evaluate on the first N images only", ge=1)
     batch_size: int = option(4, "images per batch", ge=1)
     trimap: list[int] = option(factory=list, help="also report mIoU within W pixels of label boundaries "
                                "(repeatable)", append=True, metavar="W", ge=1)
     json: str | None = option(None, "write the metrics to this file")
-    synthetic_size: int = option(128, "side of the synthetic scenes", ge=8)
-    progress: bool = option(True, "no progress bar")
     plots: str | None = option(None, "write pictures into this folder: confusion.png (row-normalised confusion "
                                "matrix), iou.png (per-class IoU), errors.png (the worst images); needs matplotlib",
                                metavar="DIR")

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from atrous.data import list_datasets
+from atrous.data.options import DataRootOptions
 from atrous.deployment.export import DEFAULT_OPSET, FORMATS, OPSETS
 from atrous.deployment.int8 import (
     CALIBRATION_METHODS,
@@ -21,7 +22,9 @@ PRETRAINED = "pretrained"
 
 
 @dataclass(kw_only=True)
-class ExportOptions:
+class ExportOptions(DataRootOptions):
+    """--data-root (DataRootOptions) is the --int8 calibration dataset's folder."""
+
     checkpoint: str = option(help="the checkpoint to export")
     out: str = option(help="file to write (.onnx, .pt or .torchscript), or the folder of --format pretrained")
     format: str | None = option(None, "default: from the suffix of --out; pretrained: a folder for "
@@ -36,7 +39,6 @@ class ExportOptions:
     int8: bool = option(False, "int8 ONNX (onnxruntime static quantization, QDQ, per-channel weights), "
                         "calibrated on --calibrate-images training images of --calibrate-dataset")
     calibrate_dataset: str | None = option(None, "with --int8: the calibration dataset", choices=list_datasets)
-    data_root: str | None = option(None, "with --int8: the calibration dataset's folder")
     calibrate_images: int = option(DEFAULT_CALIBRATION_IMAGES, "with --int8: how many", ge=1)
     calibrate_method: str = option(DEFAULT_CALIBRATION_METHOD, "with --int8: how the int8 ranges are set",
                                    choices=CALIBRATION_METHODS)

@@ -6,20 +6,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from atrous.data import list_datasets
-from atrous.options import check_options, option
+from atrous.data.options import DatasetOptions
+from atrous.options import ProgressOptions, check_options, option
 from atrous.outputs import require_writable_file
+from atrous.runtime.options import DeviceOptions
 from atrous.training.crf_fit import fit_checkpoint_crf
 
 HELP = "fit CRF parameters on a frozen model's outputs (decoupled training)"
 
 
 @dataclass(kw_only=True)
-class FitCrfOptions:
+class FitCrfOptions(DatasetOptions, DeviceOptions, ProgressOptions):
     checkpoint: str = option(help="the checkpoint whose outputs the CRF refines")
     dataset: str = option(help="the dataset fitted on", choices=list_datasets)
-    data_root: str | None = option(None, "dataset folder in its native layout (default ../shared/data/<dataset>)")
     split: str = option("train", "split to fit on")
-    num_classes: int | None = option(None, "folder datasets without classes.json", ge=1)
     crf: str = option("conv", "the CRF fitted", choices=("dense", "conv"))
     crf_params: str | None = option(None, "YAML/JSON file of starting parameters")
     iters: int = option(200, "Adam steps", ge=1)
@@ -28,11 +28,8 @@ class FitCrfOptions:
     crop_size: int | None = option(None, "random crops of this side (default: whole images)", ge=1)
     max_images: int | None = option(None, "use at most this many images of the split", ge=1)
     precision: str = option("fp32", "the frozen network's arithmetic", choices=("fp32", "bf16"))
-    device: str | None = option(None, "auto, cpu, cuda, cuda:1, ...")
     seed: int = option(0, "random seed (crops, order)")
     out: str | None = option(None, "checkpoint to write (default: update --checkpoint in place, atomically)")
-    synthetic_size: int = option(128, "side of the synthetic scenes", ge=8)
-    progress: bool = option(True, "no progress bar")
 
 
 def run(opts: FitCrfOptions) -> dict[str, Any]:

@@ -24,7 +24,6 @@ class ViewOptions:
                                      nargs="+", metavar=("H", "W"), ge=1)
     stride: list[int] | None = option(None, "window stride (default two thirds of the window)", nargs="+",
                                       metavar=("S", "S_W"), ge=1)
-    device: str | None = option(None, "auto, cpu, cuda, cuda:1, ...")
     output_stride: int | None = option(None, "run the model at this output stride with its own weights (DeepLab "
                                        "v3 evaluates at 8 a model trained at 16); default: as trained",
                                        choices=(8, 16, 32))

@@ -8,15 +8,16 @@ from atrous.commands.eval import load_model
 from atrous.commands.inference_options import CrfOptions, ViewOptions
 from atrous.inference.predict import predict
 from atrous.inference.refinement import build_crf
-from atrous.options import check_options, option
+from atrous.options import ProgressOptions, check_options, option
 from atrous.outputs import require_writable_folder
+from atrous.runtime.options import DeviceOptions
 
 HELP = ("segment images and videos: DIR/<stem>.png and DIR/<stem>_overlay.png "
         "(a video: DIR/<stem>_overlay.mp4)")
 
 
 @dataclass(kw_only=True)
-class PredictOptions(ViewOptions, CrfOptions):
+class PredictOptions(ViewOptions, CrfOptions, DeviceOptions, ProgressOptions):
     checkpoint: str = option(help="a checkpoint (.safetensors), or an .onnx file from atrous export")
     inputs: list[str] = option(help="image or video files, folders (their images and videos) or glob patterns "
                                "('**' recurses)", positional=True, nargs="+", metavar="INPUT")
@@ -24,7 +25,6 @@ class PredictOptions(ViewOptions, CrfOptions):
     batch_size: int = option(4, "images or frames run at once", ge=1)
     save: str | None = option(None, "also write DIR/<stem>_logits.npy or _probs.npy, float32 (K, H, W); "
                               "(T, K, H, W) for a video", choices=("logits", "probs"))
-    progress: bool = option(True, "no progress bar")
 
 
 def run(opts: PredictOptions) -> list[str]:

@@ -12,6 +12,7 @@ from atrous.options import read_config
 from atrous.runtime.distributed import is_main_process
 from atrous.training import TrainConfig, train
 from atrous.training.config import RESUME_INHERITS, RESUME_MAY_CHANGE
+from atrous.training.state import STATE_FILE
 
 HELP = "train a model; writes DIR/model.safetensors and DIR/metrics.json"
 Options = TrainConfig
@@ -24,7 +25,8 @@ def resolve(flags: dict[str, Any], config: str | None = None) -> TrainConfig:
     if flags.get("resume") and flags.get("out"):
         # --resume continues the run as it was configured: no need to repeat its flags
         saved = os.path.join(flags["out"], "config.json")
-        if os.path.isfile(saved):
+        has_state = os.path.isfile(os.path.join(flags["out"], STATE_FILE))
+        if os.path.isfile(saved) and (flags["resume"] != "auto" or has_state):
             run_control = set(RESUME_MAY_CHANGE) - set(RESUME_INHERITS)  # how the first run was driven
             values.update({k: v for k, v in read_config(saved, TrainConfig).items() if k not in run_control})
     if config:
@@ -45,13 +47,28 @@ def resolve(flags: dict[str, Any], config: str | None = None) -> TrainConfig:
 
 
 def run(cfg: TrainConfig) -> int:
+    """0 when the run finished (or had finished, with --resume auto); 128 + the signal's number
+    when a signal stopped it, its state written (atrous.training.preemption)."""
     result = train(cfg)
-    if not is_main_process():  # under torchrun, rank 0 reports
-        return 0
     summary = result["train"]
+    code = summary.get("exit_code", 0)
+    if not is_main_process():  # under torchrun, rank 0 reports
+        return code
+    if summary.get("already_finished"):
+        print(f"{cfg.out} already finished its {summary['total_iters']} iterations: nothing to do")
+        return 0
+    if summary.get("stopped") and not summary["finished"]:
+        print(f"{summary['stopped']} after iteration {summary['iters']} of {summary['total_iters']}; "
+              f"state written: continue with --resume (or --resume auto)")
+        return code
     print(f"trained {summary['iters']}/{summary['total_iters']} iterations in {summary['seconds']:.1f} s "
           f"-> {cfg.out}/model.safetensors")
+    if summary.get("stopped"):  # finished early
+        print(summary["stopped"])
     metrics = result.get(cfg.eval_split or "val")
     if metrics:
         print(format_table(metrics))
+    if result.get("best"):
+        best = result["best"]
+        print(f"best {best['metric']} {best['value']:.4f} at iteration {best['step']} -> {cfg.out}/{best['file']}")
     return 0

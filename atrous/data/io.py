@@ -12,11 +12,13 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from atrous.errors import UserError
+
 # what PIL's decoders raise on damaged or hostile data
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error)
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A dataset file is missing, unreadable or does not fit (one-line message)."""
 
 

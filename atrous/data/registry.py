@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from atrous.data.io import DataError
+from atrous.registry import Registry
 
 SHARED_DATA = os.path.join("..", "shared", "data")  # beside the project
 NO_ROOT = "-"  # a dataset made in memory (synthetic): it reads no folder
@@ -25,7 +26,7 @@ class DatasetEntry:
     needs: str  # what --data-root must hold, for the error when it is missing
 
 
-_DATASETS: dict[str, DatasetEntry] = {}
+_DATASETS: Registry[DatasetEntry] = Registry("dataset")
 
 
 def register_dataset(name: str, *, root: str | None = None, needs: str = ""):
@@ -35,16 +36,14 @@ def register_dataset(name: str, *, root: str | None = None, needs: str = ""):
     options the builder accepts by name (num_classes, synthetic_size, ...) are passed on."""
 
     def add(build: Builder) -> Builder:
-        if name in _DATASETS and _DATASETS[name].build is not build:
-            raise ValueError(f"a dataset named '{name}' is already registered")
-        _DATASETS[name] = DatasetEntry(build, root, needs)
+        _DATASETS.add(name, DatasetEntry(build, root, needs), key=build)
         return build
 
     return add
 
 
 def list_datasets() -> tuple[str, ...]:
-    return tuple(_DATASETS)
+    return _DATASETS.names()
 
 
 def default_root(name: str) -> str | None:
@@ -83,6 +82,4 @@ def _accepted(build: Builder, options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _entry(name: str) -> DatasetEntry:
-    if name not in _DATASETS:
-        raise DataError(f"unknown dataset '{name}'; choose one of: {', '.join(_DATASETS)}")
-    return _DATASETS[name]
+    return _DATASETS.get(name)

@@ -12,7 +12,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from atrous.checkpoints.meta import normalisation
 from atrous.data import eval_transform
@@ -20,6 +19,7 @@ from atrous.inference.infer import Views, infer, infer_views, prepare
 from atrous.metrics import ConfusionMatrix, trimap_mask
 from atrous.models import SegmentationModel
 from atrous.runtime.distributed import World, all_reduce_sum, current_world
+from atrous.runtime.progress import progress_bar
 
 
 def batches_of_equal_size(
@@ -93,8 +93,7 @@ def evaluate(
     net, views = prepare(model, precision), views or Views()
     world = current_world()
     shard = torch.utils.data.Subset(dataset, shard_indices(len(dataset), batch_size, world))
-    bar = tqdm(total=len(shard), desc="eval", disable=not (progress and world.is_main), dynamic_ncols=True,
-               unit="img")
+    bar = progress_bar(len(shard), desc="eval", unit="img", disable=not (progress and world.is_main))
     seen = 0
     for images, masks, raws in batches_of_equal_size(shard, batch_size, eval_transform(mean, std)):
         logits = infer_views(net, images, views)

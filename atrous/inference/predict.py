@@ -17,7 +17,6 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from atrous.checkpoints.meta import normalisation, palette_of
 from atrous.data import read_image
@@ -28,6 +27,7 @@ from atrous.inference.sources import Source, check_sources, expand_inputs, is_vi
 from atrous.inference.video import read_frames, video_writer
 from atrous.models import SegmentationModel
 from atrous.outputs import npy_stream, write_atomic
+from atrous.runtime.progress import progress_bar
 
 SAVE_CHOICES = ("logits", "probs")
 
@@ -179,8 +179,7 @@ def predict(
     segment = _Segmenter(model, prepare(model, precision), views or Views(), crf)
     palette = palette_of(model.meta, model.num_classes)
     counts = [source.count for source in sources]
-    bar = tqdm(total=None if None in counts else sum(counts), desc="predict", disable=not progress, unit="img",
-               dynamic_ncols=True)
+    bar = progress_bar(None if None in counts else sum(counts), desc="predict", unit="img", disable=not progress)
     os.makedirs(out_dir, exist_ok=True)
     written: list[str] = []
     images: list[Source] = []

@@ -12,6 +12,7 @@ import torch
 
 from atrous.errors import UserError
 from atrous.losses.base import Reduce, SegmentationLoss, alone
+from atrous.registry import Registry
 
 # what every loss receives from the trainer, not from --loss-opt
 _GIVEN = ("self", "ignore_index", "class_weights", "reduce")
@@ -26,7 +27,7 @@ class LossEntry:
     weighted: bool  # takes --class-weights
 
 
-_LOSSES: dict[str, LossEntry] = {}
+_LOSSES: Registry[LossEntry] = Registry("loss")
 
 
 def register_loss(name: str, *, weighted: bool = False):
@@ -34,16 +35,14 @@ def register_loss(name: str, *, weighted: bool = False):
     (--class-weights). Its constructor's keyword arguments, with defaults, are its options."""
 
     def add(cls: type[SegmentationLoss]) -> type[SegmentationLoss]:
-        if name in _LOSSES and _LOSSES[name].cls is not cls:
-            raise ValueError(f"a loss named '{name}' is already registered ({_LOSSES[name].cls.__name__})")
-        _LOSSES[name] = LossEntry(cls, weighted)
+        _LOSSES.add(name, LossEntry(cls, weighted), key=cls)
         return cls
 
     return add
 
 
 def list_losses() -> tuple[str, ...]:
-    return tuple(_LOSSES)
+    return _LOSSES.names()
 
 
 def weighted_losses() -> tuple[str, ...]:
@@ -101,6 +100,4 @@ def build_loss(name: str, *, ignore_index: int = 255, class_weights: torch.Tenso
 
 
 def _entry(name: str) -> LossEntry:
-    if name not in _LOSSES:
-        raise ValueError(f"unknown loss '{name}', expected one of {', '.join(_LOSSES)}")
-    return _LOSSES[name]
+    return _LOSSES.get(name)

@@ -6,14 +6,17 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from atrous.backbones.timm_backbone import TimmBackbone
 from atrous.layers import INIT_SCHEMES, he_init_
 from atrous.models.base import CONTRACT_ARGUMENTS, SegmentationModel
+from atrous.registry import Registry
 
 # a SegmentationModel subclass, or a function returning one
 Builder = Callable[..., SegmentationModel]
 
-_BUILDERS: dict[str, Builder] = {}
+_BUILDERS: Registry[Builder] = Registry("model")
 _SUMMARIES: dict[str, str] = {}
 
 
@@ -26,9 +29,7 @@ def register_model(name: str, summary: str) -> Callable[[Builder], Builder]:
     """
 
     def decorate(builder: Builder) -> Builder:
-        if name in _BUILDERS:
-            raise ValueError(f"model '{name}' is registered twice")
-        _BUILDERS[name] = builder
+        _BUILDERS.add(name, builder)
         _SUMMARIES[name] = summary
         if isinstance(builder, type):
             builder.registered_name = name  # what its models record in `config` (SegmentationModel)
@@ -66,6 +67,42 @@ def describe_model(name: str) -> str:
     return "\n".join(lines)
 
 
+
+def model_cost(name: str, num_classes: int = 21, input_size: tuple[int, int] = (512, 512), *,
+               in_channels: int = 3, **options: Any) -> tuple[int, int]:
+    """(parameters, FLOPs) of model `name` with its defaults, FLOPs of one forward pass on one
+    image of `input_size` (see `count_cost`). Built on the meta device, which counts shapes
+    without memory or arithmetic; on the CPU for a model that cannot run there."""
+    def cost_on(device: str) -> tuple[int, int]:
+        with torch.device(device):
+            model = create_model(name, num_classes, in_channels=in_channels, **options)
+        return count_cost(model, input_size, in_channels)
+
+    try:
+        return cost_on("meta")
+    except (NotImplementedError, RuntimeError):  # a forward that reads values
+        return cost_on("cpu")
+
+
+def count_cost(model: torch.nn.Module, input_size: tuple[int, int], in_channels: int = 3) -> tuple[int, int]:
+    """(parameters, FLOPs) of `model` in eval mode on one image (1, in_channels, H, W), FLOPs
+    as torch.utils.flop_counter.FlopCounterMode counts them: 2 per multiply-add of the
+    convolutions and matrix products; biases, norms, activations, pooling and resizing are not
+    counted. fvcore and mmengine (behind mmsegmentation's get_flops) count multiply-adds, half
+    this number, under the name FLOPs, and add norms and resizing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    first = next(model.parameters(), None)
+    image = torch.zeros(1, in_channels, *input_size, device=first.device if first is not None else "cpu")
+    training = model.training
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model.eval()(image)
+    finally:
+        model.train(training)
+    return sum(p.numel() for p in model.parameters()), int(counter.get_total_flops())
+
+
 def model_options(name: str) -> dict[str, Any]:
     """The keyword options (beyond the contract's) that model `name` accepts, with defaults."""
     builder = _get_builder(name)
@@ -78,9 +115,7 @@ def model_options(name: str) -> dict[str, Any]:
 
 
 def _get_builder(name: str) -> Builder:
-    if name not in _BUILDERS:
-        raise ValueError(f"unknown model '{name}'; choose one of: {', '.join(sorted(_BUILDERS))}")
-    return _BUILDERS[name]
+    return _BUILDERS.get(name)
 
 
 def options_for_weights(name: str, options: dict[str, Any], keys: set[str]) -> dict[str, Any]:

@@ -12,12 +12,13 @@ from typing import Any
 from atrous.errors import UserError
 from atrous.options import check_options, option
 from atrous.runtime.device import PRECISIONS
+from atrous.runtime.options import device_option
 
 EXTRA_HINT = "pip install 'atrous[serve]'"
 
 
 @dataclass(frozen=True)
-class ServeConfig:
+class ServeOptions:
     """`atrous serve`'s options, declared once (atrous.options)."""
 
     checkpoint: str = option(help="the checkpoint served")
@@ -31,9 +32,12 @@ class ServeConfig:
     queue: int = option(8, "prediction requests waiting beyond those; more are answered 503", ge=0)
     precision: str = option("fp32", "auto: bf16 where the CPU has native bf16 and on CUDA, fp32 elsewhere",
                             choices=PRECISIONS)
-    device: str | None = option(None, "auto, cpu, cuda, cuda:1, ...")
+    device: str | None = device_option()  # a frozen dataclass: the shared declaration, not the mixin
     output_stride: int | None = option(None, "run the model at this output stride with its own weights; default: "
                                        "as trained", choices=(8, 16, 32))
+
+
+ServeConfig = ServeOptions  # its earlier name
 
 
 def require_serve_extra() -> None:

@@ -32,20 +32,31 @@ That alternates one segmenter and one discriminator step per batch, as the paper
 (it alternates the two objectives, Sec. 3.1); the discriminator sees the logits computed
 before the segmenter's update. Void pixels of the ground truth take the segmenter's
 probabilities, so they carry no real/fake signal. `weight` is the paper's lambda.
+
+As a training feature (`--adversarial`, `AdversarialFeature`): the term above joins each
+micro-batch's loss, the discriminator's gradient is accumulated over the step and summed over
+the processes, and it steps after the segmenter. `--adversarial-pretrain N` holds the
+segmenter fixed for the first N steps while the discriminator learns against it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from atrous.errors import UserError
 from atrous.models.adversarial import (
+    ENCODINGS,
     SegmentationDiscriminator,
     label_maps_from_targets,
     scaled_ground_truth,
 )
+from atrous.options import option
+from atrous.runtime import distributed
+from atrous.training.hooks import Run, TrainingFeature, register_feature
 
 
 class AdversarialTrainer:
@@ -133,3 +144,62 @@ class AdversarialTrainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.discriminator.load_state_dict(state["discriminator"])
         self.optimizer.load_state_dict(state["optimizer"])
+
+
+@dataclass(kw_only=True)
+class AdversarialOptions:
+    adversarial: bool = option(False, "add Luc et al.'s adversarial loss")
+    adversarial_weight: float = option(0.1, "lambda of the adversarial loss", ge=0)
+    adversarial_pretrain: int = option(0, "iterations at the start in which only the discriminator learns, the "
+                                       "segmenter held fixed (Luc et al.: D pre-trained against a trained segmenter, "
+                                       "from --init-from, before both train together)", ge=0)
+    adversarial_input: str = option("product", "the discriminator's input encoding (Luc et al., Sec. 3.2): the image "
+                                    "masked by each class map, the maps beside the image, or those with the ground "
+                                    "truth softened", choices=list(ENCODINGS))
+
+
+@register_feature("adversarial")
+class AdversarialFeature(TrainingFeature):
+    """--adversarial: Luc et al.'s discriminator trained beside the segmenter."""
+
+    def __init__(self, adversary: AdversarialTrainer, pretrain: int, batch_size: int) -> None:
+        self.adversary, self.pretrain, self.batch_size = adversary, pretrain, batch_size
+
+    @classmethod
+    def check_options(cls, cfg: Any) -> None:
+        if cfg.adversarial_pretrain and not cfg.adversarial:
+            raise UserError("--adversarial-pretrain trains the discriminator of --adversarial; add --adversarial")
+
+    @classmethod
+    def from_config(cls, cfg: Any, run: Run) -> AdversarialFeature | None:
+        if not cfg.adversarial:
+            return None
+        adversary = AdversarialTrainer.for_model(run.info.num_classes, weight=cfg.adversarial_weight,
+                                                 encoding=cfg.adversarial_input).to(run.device)
+        return cls(adversary, cfg.adversarial_pretrain, cfg.batch_size)
+
+    def trains_model(self, run: Run) -> bool:
+        return run.step >= self.pretrain  # Luc et al.'s second phase: the trained segmenter held fixed
+
+    def loss_terms(self, run: Run, images: torch.Tensor, outputs: dict[str, torch.Tensor],
+                   masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"adv_g": self.adversary.segmenter_loss(images, outputs["out"].float(), total=self.batch_size)}
+
+    def after_backward(self, run: Run, images: torch.Tensor, outputs: dict[str, torch.Tensor],
+                       masks: torch.Tensor) -> dict[str, torch.Tensor]:
+        """D's gradient, accumulated until the step's end (D sees the logits before the segmenter's update)."""
+        d_loss = self.adversary.discriminator_loss(images, outputs["out"].float(), masks,
+                                                   ignore_index=run.info.ignore_index, total=self.batch_size)
+        d_loss.backward()
+        return {"adv_d": d_loss.detach()}
+
+    def after_step(self, run: Run, parts: dict[str, float]) -> None:
+        distributed.all_reduce_gradients(self.adversary.discriminator.parameters())
+        self.adversary.optimizer.step()
+        self.adversary.optimizer.zero_grad(set_to_none=True)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.adversary.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.adversary.load_state_dict(state)

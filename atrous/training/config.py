@@ -10,13 +10,26 @@ from dataclasses import dataclass
 from typing import Any
 
 from atrous.data import IMAGENET_MEAN, IMAGENET_STD, list_datasets
+from atrous.data.options import DatasetOptions
 from atrous.data.weights import CLASS_WEIGHTINGS
 from atrous.errors import UserError
 from atrous.losses import LEGACY_KEYWORDS, build_loss_options, list_losses, weighted_losses
-from atrous.models.adversarial import ENCODINGS
-from atrous.options import check_options, option
+from atrous.options import ProgressOptions, check_options, option
 from atrous.runtime.device import PRECISIONS
 from atrous.runtime.distributed import DEFAULT_TIMEOUT_S
+from atrous.runtime.options import DeviceOptions
+
+# the training features (atrous.training.hooks): each module registers its feature, and the
+# options it declares are mixed into TrainConfig below
+from atrous.training import preemption  # noqa: F401  (stopping on a signal: no options)
+from atrous.training.adversarial import AdversarialOptions
+from atrous.training.averaging import EmaOptions
+from atrous.training.best import BestOptions
+from atrous.training.clip_grad import ClipGradOptions
+from atrous.training.deterministic import DeterministicOptions
+from atrous.training.early_stop import EarlyStopOptions
+from atrous.training.hooks import check_feature_options
+from atrous.training.tracking.feature import LogOptions
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_ITERS = 1000
@@ -24,8 +37,11 @@ DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 
 
 @dataclass(kw_only=True)
-class TrainConfig:
-    """Every training option; the CLI flags and YAML config keys carry these names."""
+class TrainOptions(EmaOptions, AdversarialOptions, BestOptions, EarlyStopOptions, LogOptions,
+                   DatasetOptions, DeviceOptions, ProgressOptions,
+                   DeterministicOptions, ClipGradOptions):
+    """Every training option; the CLI flags and YAML config keys carry these names. The
+    training features' options come from their own modules (the bases)."""
 
     # what is trained, on what, and where it goes
     model: str = option("deeplab_v3plus", "model name (see `atrous models`); required here or in --config",
@@ -33,14 +49,12 @@ class TrainConfig:
     dataset: str = option("synthetic", "the training dataset; required here or in --config", choices=list_datasets,
                           show_default=False)
     out: str = option("runs/train", "output folder; required here or in --config", show_default=False)
-    data_root: str | None = option(None, "dataset folder in its native layout (default ../shared/data/<dataset>)")
     backbone: str | None = option(None, "timm model name, or vgg16 / vgg16_bn")
     output_stride: int | None = option(None, "the backbone's output stride (default: the paper's for the model)",
                                        choices=(8, 16, 32))
     pretrained_backbone: str | None = option(None, "local weights file, or 'imagenet' (downloads)")
     model_options: dict[str, Any] = option(factory=dict, help="a model option, e.g. --model-opt separable=true "
                                            "(repeatable; see `atrous models NAME`)", flag="--model-opt", append=True)
-    num_classes: int | None = option(None, "folder datasets without classes.json", ge=1)
     # starting from trained weights
     init_from: str | None = option(None, "start from trained weights: an atrous checkpoint, a pretrained folder, "
                                    "a Hub repo id, torchvision:NAME[:WEIGHTS] (torchvision's published "
@@ -66,10 +80,6 @@ class TrainConfig:
     weight_decay: float = option(1e-4, "L2 penalty (AdamW: decoupled)", ge=0)
     poly_power: float = option(0.9, "exponent of the poly learning-rate schedule", ge=0)
     warmup_iters: int = option(0, "linear learning-rate warm-up iterations", ge=0)
-    ema_decay: float | None = option(None, "keep an exponential moving average of the weights and batch-norm "
-                                     "statistics, its decay ramped up to this value (e.g. 0.999); the average is "
-                                     "the model saved, evaluated and shared (atrous.training.averaging)",
-                                     gt=0, lt=1)
     # the loss
     class_weights: str = option("none", "per-class loss weights computed from the training masks",
                                 choices=CLASS_WEIGHTINGS)
@@ -110,11 +120,12 @@ class TrainConfig:
     channels_last: bool = option(False, "channels-last memory format")
     compile: bool = option(False, "torch.compile the model")
     fused_optimizer: bool = option(False, "the optimiser's fused implementation (one kernel)")
-    device: str | None = option(None, "auto, cpu, cuda, cuda:1, ...")
     workers: int = option(0, "data-loading processes", ge=0)
     seed: int = option(0, "random seed (data order, augmentation, initialisation)")
     # the run
-    resume: bool = option(False, "continue the run in --out where it stopped")
+    resume: bool | str = option(False, "continue the run in --out where it stopped; auto: where a training "
+                                "state exists, else start it, and exit 0 at once where it has finished (a "
+                                "requeue loop: until atrous train ... --resume auto; do :; done)", also=("auto",))
     overwrite: bool = option(False, "replace a model already in --out")
     stop_after: int | None = option(None, "end this run after N iterations; continue with --resume", ge=1)
     checkpoint_every: int = option(500, "write the model and training state every N iterations", ge=1)
@@ -122,21 +133,11 @@ class TrainConfig:
     eval_split: str | None = option("val", "split evaluated at the end")
     eval_every: int | None = option(None, "also evaluate every N iterations (a validation curve in log.jsonl)", ge=1)
     eval_batch_size: int = option(4, "images per evaluation batch", ge=1)
-    synthetic_size: int = option(128, "side of the synthetic scenes", ge=8)
     synthetic_length: int | None = option(None, "synthetic scenes per split", ge=1)
-    adversarial: bool = option(False, "add Luc et al.'s adversarial loss")
-    adversarial_weight: float = option(0.1, "lambda of the adversarial loss", ge=0)
-    adversarial_pretrain: int = option(0, "iterations at the start in which only the discriminator learns, the "
-                                       "segmenter held fixed (Luc et al.: D pre-trained against a trained segmenter, "
-                                       "from --init-from, before both train together)", ge=0)
-    adversarial_input: str = option("product", "the discriminator's input encoding (Luc et al., Sec. 3.2): the image "
-                                    "masked by each class map, the maps beside the image, or those with the ground "
-                                    "truth softened", choices=list(ENCODINGS))
     save_pretrained: str | None = option(None, "at the end, also write the model as a folder to share "
                                          "(model.safetensors, config.json, a README.md model card with this "
                                          "recipe and the final evaluation; atrous.from_pretrained reads it)",
                                          metavar="DIR")
-    progress: bool = option(True, "no progress bar")
     dist_timeout: float = option(DEFAULT_TIMEOUT_S, "seconds a process waits for the others (torchrun)", gt=0)
 
     def validate(self) -> None:
@@ -155,6 +156,7 @@ class TrainConfig:
         if self.class_weights != "none" and self.loss not in weighted:
             raise UserError(f"--class-weights applies to --loss {'/'.join(weighted)}, not to --loss {self.loss}")
         self.loss_settings()  # unknown or bad loss options fail here, before any work
+        check_feature_options(self)
 
     def loss_settings(self) -> dict[str, Any]:
         """The options handed to the loss: the legacy flags that belong to it, then --loss-opt."""
@@ -166,6 +168,10 @@ class TrainConfig:
     @property
     def base_lr(self) -> float:
         return self.lr if self.lr is not None else DEFAULT_LR[self.optimizer]
+
+
+
+TrainConfig = TrainOptions  # its earlier name, kept: scripts and the tests build runs with it
 
 
 def config_json(cfg: TrainConfig) -> dict[str, Any]:

@@ -169,13 +169,13 @@ def crf_entry(crf: torch.nn.Module, fit: dict[str, Any] | None = None) -> dict[s
 
 @contextlib.contextmanager
 def _progress_bar(total: int, enabled: bool) -> Iterator[Callable[[], None]]:
-    """A tqdm bar of `total` steps (or nothing); the context value advances it by one."""
+    """A progress bar of `total` steps (or nothing); the context value advances it by one."""
     if not enabled:
         yield lambda: None
         return
-    from tqdm import tqdm
+    from atrous.runtime.progress import progress_bar
 
-    with tqdm(total=total, desc="fit-crf", dynamic_ncols=True, unit="it") as bar:
+    with progress_bar(total, desc="fit-crf", unit="it") as bar:
         yield lambda: bar.update(1)
 
 
