@@ -127,12 +127,10 @@ def test_evaluate_with_the_dense_crf_matches_pydensecrf_by_hand(folder, varied_c
     expected = torchmetrics_summary(refined, dataset)
     got = atrous.evaluate(model, dataset, batch_size=2, precision="fp32", crf=DenseCRF(num_classes=K),
                           progress=False)
-    # two permutohedral lattices (pydensecrf's and atrous') differ in rounding: labels agree on
-    # more than 99 % of the pixels on scenes like these (all of them on this machine), so the
-    # metrics are allowed a point
-    assert got["pixels"] == expected["pixels"]
-    assert got["mIoU"] == pytest.approx(expected["mIoU"], abs=0.01)
-    assert got["pixel_accuracy"] == pytest.approx(expected["pixel_accuracy"], abs=0.01)
+    # two permutohedral lattices (pydensecrf's and atrous') differ in rounding (max |dQ| about
+    # 1e-6, tests/test_crf.py), yet every label agrees on these scenes (measured), so the
+    # metrics, per class too, are pydensecrf's exactly; 5 iterations instead of 10 fail here
+    assert_same_metrics(got, expected)
 
 
 def test_eval_cli_with_dense_crf_matches_pydensecrf_by_hand(folder, varied_checkpoint, tmp_path):
@@ -141,10 +139,10 @@ def test_eval_cli_with_dense_crf_matches_pydensecrf_by_hand(folder, varied_check
     refined = [pydensecrf_by_hand(logits_by_hand(model, image), image) for image, _ in dataset]
     expected = torchmetrics_summary(refined, dataset)
     out = tmp_path / "metrics.json"
-    main(["eval", "--checkpoint", str(varied_checkpoint), "--dataset", "folder", "--data-root", str(folder),
-          "--split", "train", "--num-classes", str(K), "--crf", "dense", "--precision", "fp32", "--json", str(out),
-          "--no-progress"])
+    code = main(["eval", "--checkpoint", str(varied_checkpoint), "--dataset", "folder", "--data-root", str(folder),
+                 "--split", "train", "--num-classes", str(K), "--crf", "dense", "--precision", "fp32", "--json",
+                 str(out), "--no-progress"])
+    assert code == 0
     got = json.loads(out.read_text())
     got = got.get("metrics", got)
-    assert got["pixels"] == expected["pixels"]
-    assert got["mIoU"] == pytest.approx(expected["mIoU"], abs=0.01)
+    assert_same_metrics(got, expected, atol=1e-6)  # the JSON's floats may be rounded

@@ -184,11 +184,11 @@ def config_json(cfg: TrainConfig) -> dict[str, Any]:
 # (the number of processes is not an option: a run resumes on any number, see atrous.training.trainer)
 RESUME_MAY_CHANGE = ("resume", "overwrite", "stop_after", "device", "workers", "progress", "checkpoint_every",
                      "eval_split", "eval_batch_size", "eval_every", "out", "compile", "dist_timeout", "grad_accum",
-                     "save_pretrained")
+                     "save_pretrained", "log", "log_dir", "log_every", "log_images")
 # of those, the ones a --resume keeps unless given again: --grad-accum lets a run started on
 # 8 GPUs go on on 4 with the same global batch (batch norm then sees micro-batches of the
-# new size); --compile is a property of the run
-RESUME_INHERITS = ("grad_accum", "compile")
+# new size); --compile and the trackers (--log ...) are properties of the run
+RESUME_INHERITS = ("grad_accum", "compile", "log", "log_dir", "log_every", "log_images")
 
 
 # where and how a run ran, not what it learnt: left out of the recipe a model card shows
