@@ -12,6 +12,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+def varied_segnet(num_classes: int):
+    """A small random SegNet-Basic (seed 0, He-normal weights, zero biases) whose outputs are
+    not one constant class."""
+    import torch
+
+    import atrous
+
+    torch.manual_seed(0)
+    model = atrous.create_model("segnet_basic", num_classes, channels=8, kernel_size=3)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 4:
+                torch.nn.init.kaiming_normal_(param)
+            elif name.endswith("bias"):
+                param.zero_()
+    return model
+
+
 def random_folder_dataset(root: Path, count: int, side: int = 32) -> list[int]:
     """A `folder` dataset of `count` random RGB images and two-class masks under `root`;
     returns epoch 0's order of seed 0 (atrous.training.parts.TrainStream), to find which
@@ -99,18 +117,10 @@ PALETTE = [[70, 130, 180], [128, 64, 128], [220, 20, 60], [107, 142, 35], [250, 
 def varied_checkpoint(tmp_path_factory) -> Path:
     """A small random SegNet-Basic whose five classes all occur on a scene (He-normal
     weights, zero biases): outputs that are not one constant class, in a 25 kB file."""
-    import torch
 
     import atrous
 
-    torch.manual_seed(0)
-    model = atrous.create_model("segnet_basic", len(CLASSES), channels=8, kernel_size=3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 4:
-                torch.nn.init.kaiming_normal_(param)
-            elif name.endswith("bias"):
-                param.zero_()
+    model = varied_segnet(len(CLASSES))
     path = tmp_path_factory.mktemp("varied") / "varied.safetensors"
     atrous.save_checkpoint(model.eval(), str(path), class_names=CLASSES, palette=PALETTE,
                            mean=[0.45, 0.45, 0.45], std=[0.22, 0.22, 0.22])

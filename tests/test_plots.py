@@ -16,6 +16,7 @@ from PIL import Image
 import atrous
 from atrous.data import build_dataset
 from atrous.metrics import ConfusionMatrix
+from tests.conftest import varied_segnet
 from tests.test_cli import assert_one_line_error, run
 
 pytest.importorskip("matplotlib", reason="matplotlib (the plots extra) is not installed: pictures are not drawn")
@@ -177,14 +178,7 @@ SYNTHETIC = ["--dataset", "synthetic", "--synthetic-size", "32"]
 def checkpoint(tmp_path_factory) -> Path:
     """A small random SegNet-Basic for the synthetic scenes' 7 classes (no training)."""
     info = build_dataset("synthetic", "val", synthetic_size=32).info
-    torch.manual_seed(0)
-    model = atrous.create_model("segnet_basic", info.num_classes, channels=8, kernel_size=3)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 4:
-                torch.nn.init.kaiming_normal_(param)
-            elif name.endswith("bias"):
-                param.zero_()
+    model = varied_segnet(info.num_classes)
     path = tmp_path_factory.mktemp("plots") / "random.safetensors"
     atrous.save_checkpoint(model.eval(), str(path), class_names=list(info.class_names),
                            palette=[list(c) for c in info.palette], mean=[0.45] * 3, std=[0.22] * 3)
