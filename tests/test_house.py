@@ -22,6 +22,7 @@ FLAGS = Path(__file__).resolve().parent / "data" / "cli_flags.json"
 FLOORS = {
     "errors": set(),
     "registry": {"errors"},
+    "trackers": {"errors", "outputs", "registry"},
     "options": {"errors"},
     "outputs": {"errors"},
     "plugins": {"errors"},
@@ -37,7 +38,7 @@ FLOORS = {
     "inference": {"checkpoints", "crf", "data", "errors", "metrics", "models", "options", "outputs", "runtime"},
     "deployment": {"checkpoints", "data", "errors", "models", "outputs"},
     "training": {"checkpoints", "crf", "data", "errors", "inference", "losses", "models", "options", "outputs",
-                 "registry", "runtime"},
+                 "registry", "runtime", "trackers"},
     "serve": {"checkpoints", "data", "errors", "inference", "options", "runtime"},
 }
 TOP = {"commands", "cli", "__main__", "atrous", "engine"}  # may import any room

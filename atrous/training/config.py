@@ -29,7 +29,7 @@ from atrous.training.clip_grad import ClipGradOptions
 from atrous.training.deterministic import DeterministicOptions
 from atrous.training.early_stop import EarlyStopOptions
 from atrous.training.hooks import check_feature_options
-from atrous.training.tracking.feature import LogOptions
+from atrous.training.tracking import LogOptions
 
 OPTIMIZERS = ("sgd", "adamw")
 DEFAULT_ITERS = 1000

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from atrous.training.tracking.base import RunInfo, Tracker, register_tracker
+from atrous.trackers.base import RunInfo, Tracker, register_tracker
 
 
 def wandb_mode() -> str:

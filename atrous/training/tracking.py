@@ -18,8 +18,8 @@ from atrous.data import eval_transform
 from atrous.inference.infer import infer, prepare
 from atrous.inference.plots import colour_labels, display_rgb
 from atrous.options import option
+from atrous.trackers.base import TRACKERS, RunInfo, Tracker, tracker_names
 from atrous.training.hooks import Run, TrainingFeature, register_feature
-from atrous.training.tracking.base import TRACKERS, RunInfo, Tracker, tracker_names
 
 SUMMARY = ("mIoU", "pixel_accuracy", "mean_accuracy", "fw_iou")
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from atrous.training.tracking.base import RunInfo, Tracker, metric_name, register_tracker
+from atrous.trackers.base import RunInfo, Tracker, metric_name, register_tracker
 
 EXPERIMENT = "atrous"
 STORE = "mlflow.db"

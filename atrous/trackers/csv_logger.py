@@ -8,7 +8,7 @@ import csv
 import os
 
 from atrous.outputs import write_text_atomic
-from atrous.training.tracking.base import RunInfo, Tracker, register_tracker
+from atrous.trackers.base import RunInfo, Tracker, register_tracker
 
 FILE = "metrics.csv"
 HEADER = ["step", "name", "value"]
