@@ -49,6 +49,19 @@ def test_gpu_check_dry_run_fills_every_row(tmp_path: Path) -> None:
             # a budget may run out on a loaded machine; a step that breaks is a bug
             assert not row["reason"].startswith("failed"), row
 
+    # each kind of row ran (a dry run is toy-sized: no budget runs out), and its agreement holds
+    assert all(row["status"] == "ran" for row in rows.values()), [r["id"] for r in rows.values() if r["status"] != "ran"]
+    for row_id in ("a1", "a2"):  # DenseCRF equals pydensecrf label for label (tests/test_crf.py: |dQ| <= 1e-5)
+        assert rows[row_id]["agreement"] == 1.0, rows[row_id]
+    for row_id in ("a3", "a4"):  # ConvCRF approximates the dense CRF (a 7x7 window)
+        assert 0.9 <= rows[row_id]["agreement"] <= 1.0, rows[row_id]
+    for row_id in ("c1", "c2"):  # fp16 / bf16 inference keeps the labels of fp32; fp32 equals torchvision
+        details = rows[row_id]["details"]
+        assert 0.9 <= rows[row_id]["agreement"] <= 1.0, rows[row_id]
+        assert details["atrous_agreement_with_fp32"] >= 0.95 and details["fp32_max_abs_logit_diff"] <= 1e-4, details
+    assert rows["d1"]["details"]["max_abs_weight_difference"] <= 1e-4  # 2 processes train 1 process's model
+    assert rows["b3"]["compile"] is True and rows["b1"]["precision"] == "fp32" and rows["b2"]["precision"] == "bf16"
+
     table = out_md.read_text()
     for row_id in ROW_IDS:
         lines = [line for line in table.splitlines() if line.startswith(f"| {row_id} |")]
