@@ -5,8 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from atrous.errors import UserError
-from atrous.models import describe_model, list_models, model_summaries
+from atrous.models import describe_model, model_summaries
 from atrous.models.registry import model_cost
 from atrous.options import check_options, option
 
@@ -28,12 +27,11 @@ class ModelsOptions:
 
 def run(opts: ModelsOptions) -> int:
     check_options(opts)
-    if opts.name is not None and opts.name not in list_models():
-        raise UserError(f"unknown model '{opts.name}'; choose one of: {', '.join(list_models())}")
     size = (opts.input_size[0], opts.input_size[1]) if opts.input_size else DEFAULT_INPUT
     if opts.name is not None:
+        description = describe_model(opts.name)  # an unknown name: the registry's one-line error
         params, flops = model_cost(opts.name, CLASSES, size)
-        print(describe_model(opts.name))
+        print(description)
         print(f"\ncost at {size[0]}x{size[1]}, {CLASSES} classes, one image ({CONVENTION}):")
         print(f"  parameters  {params / 1e6:.2f} M ({params:,})")
         print(f"  FLOPs       {flops / 1e9:.2f} G")

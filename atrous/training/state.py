@@ -50,9 +50,10 @@ def save(path: str, state: dict[str, Any]) -> None:
     write_atomic(path, lambda tmp: torch.save(state, tmp))
 
 
-def read(path: str, device: torch.device | str = "cpu") -> dict[str, Any]:
+def read(path: str, device: torch.device | str = "cpu", *, mmap: bool = False) -> dict[str, Any]:
+    """The state in `path`; `mmap`: its tensors mapped, not read (to look at its step alone)."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as err:  # a damaged file: say which and why, in one line
         raise UserError(f"--resume: cannot read {path}: {str(err).splitlines()[0]}") from err
 
@@ -94,10 +95,16 @@ def resume_mode(out: str, resume: bool | str) -> str:
         return "resume"
     if not os.path.isfile(path):
         return "fresh"
-    state = read(path)
-    total = state.get("total_iters")
-    done = bool(state.get("finished")) or (total is not None and int(state["step"]) >= int(total))
-    return "finished" if done else "resume"
+    return "finished" if progress(out)["finished"] else "resume"
+
+
+def progress(out: str) -> dict[str, Any]:
+    """How far the run in `out` came: {"step", "total_iters", "finished"}, from its state with
+    the tensors mapped rather than read (states from before "total_iters": finished unknown)."""
+    state = read(os.path.join(out, STATE_FILE), mmap=True)
+    step, total = int(state["step"]), state.get("total_iters")
+    finished = bool(state.get("finished")) or (total is not None and step >= int(total))
+    return {"step": step, "total_iters": int(total) if total is not None else step, "finished": finished}
 
 
 def truncate_log(path: str, step: int) -> None:

@@ -313,13 +313,8 @@ class Trainer:
     def _final_evaluation(self) -> None:
         """The eval split scored with the model the run hands out (`final_metrics`), the last
         point of the validation curve and of the features' choices."""
-        if self.eval_dataset is None or not len(self.eval_dataset):
-            return
-        from atrous.inference.evaluate import evaluate
-
-        self.final_metrics = evaluate(self.trained_model, self.eval_dataset, batch_size=self.cfg.eval_batch_size,
-                                      precision=self.cfg.precision, progress=self.cfg.progress)
-        if self.eval_interval:
+        self.final_metrics = self._evaluate(progress=self.cfg.progress)
+        if self.final_metrics is not None and self.eval_interval:
             self.after_evaluation(self.final_metrics)
 
     def _after_step(self, losses: dict[str, float], lr: float, end: int, bar: Progress) -> None:
@@ -364,15 +359,20 @@ class Trainer:
 
     def _evaluate_now(self) -> float:
         """Evaluate on the eval split, log it and hand it to the features; returns the seconds taken."""
+        began = time.perf_counter()
+        metrics = self._evaluate(progress=False)
+        if metrics is not None:
+            self.after_evaluation(metrics)
+        return time.perf_counter() - began
+
+    def _evaluate(self, progress: bool) -> dict[str, Any] | None:
+        """The eval split scored with the model the run hands out; None without one."""
         if self.eval_dataset is None or not len(self.eval_dataset):
-            return 0.0
+            return None
         from atrous.inference.evaluate import evaluate
 
-        began = time.perf_counter()
-        metrics = evaluate(self.trained_model, self.eval_dataset, batch_size=self.cfg.eval_batch_size,
-                           precision=self.cfg.precision, progress=False)
-        self.after_evaluation(metrics)
-        return time.perf_counter() - began
+        return evaluate(self.trained_model, self.eval_dataset, batch_size=self.cfg.eval_batch_size,
+                        precision=self.cfg.precision, progress=progress)
 
     def after_evaluation(self, metrics: dict[str, Any]) -> None:
         self.log_eval(metrics)
@@ -428,9 +428,9 @@ def _summed_over_ranks(shares: dict[str, torch.Tensor]) -> dict[str, float]:
 
 def _already_finished(cfg: TrainConfig) -> dict[str, Any]:
     """The result of `--resume auto` on a finished run: nothing done, what it wrote kept."""
-    saved = state.read(os.path.join(cfg.out, state.STATE_FILE))
-    return {"train": {"iters": int(saved["step"]), "total_iters": int(saved.get("total_iters", saved["step"])),
-                      "finished": True, "already_finished": True}, cfg.eval_split or "val": None}
+    done = state.progress(cfg.out)
+    return {"train": {"iters": done["step"], "total_iters": done["total_iters"], "finished": True,
+                      "already_finished": True}, cfg.eval_split or "val": None}
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
