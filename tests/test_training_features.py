@@ -262,3 +262,18 @@ def test_save_pretrained_shares_the_best_model_and_its_card_says_when(tmp_path):
     assert chosen.keys() == folder.keys() and all(torch.equal(chosen[k], folder[k]) for k in chosen)
     model = from_pretrained(str(shared))
     assert model.num_classes == len(best["metrics"]["per_class_iou"])
+
+
+def test_a_state_written_before_the_features_had_their_own_entries_still_resumes(tmp_path):
+    """States of earlier releases kept the weight average under "average" at the top level."""
+    straight, old = tmp_path / "straight", tmp_path / "old"
+    train(_features_config(straight, ema_decay=0.9, eval_every=None, eval_split=None))
+    train(_features_config(old, ema_decay=0.9, eval_every=None, eval_split=None, stop_after=4))
+    saved = torch.load(old / "train_state.pt", weights_only=True)
+    saved["average"] = saved.pop("features")["ema"]  # the earlier layout
+    for key in ("total_iters", "finished"):
+        saved.pop(key)
+    torch.save(saved, old / "train_state.pt")
+    train(_features_config(old, ema_decay=0.9, eval_every=None, eval_split=None, resume=True))
+    a, b = load_file(old / "model.safetensors"), load_file(straight / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the saved model is the average: it was restored
