@@ -14,19 +14,23 @@
 
 Every command also takes --debug (tracebacks) and --import MODULE (a module of the user's that
 registers models, losses or datasets; see atrous.plugins).
+
+This is the one place that prints a user error (atrous.errors.UserError, data errors included):
+the library names arguments as Python spells them and lists them in the error's `arguments`;
+here each is written as the command's flag for it (`crop_size` -> `--crop-size`).
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from atrous.commands import COMMANDS, command_module
-from atrous.data import DataError
 from atrous.errors import UserError
-from atrous.options import add_flags, collect
+from atrous.options import add_flags, collect, flags_of
 from atrous.plugins import import_plugins, modules_named
 from atrous.runtime.distributed import error_prefix
 
@@ -74,32 +78,48 @@ def _options(name: str, args: argparse.Namespace) -> Any:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    debug, command = "--debug" in argv, None
     try:
         import_plugins(modules_named(argv))  # before the parser: plugins add choices to it
+        args = build_parser().parse_args(argv)
+        debug, command = args.debug, args.command
+        outcome = command_module(command).run(_options(command, args))
+        return outcome if isinstance(outcome, int) else 0
     except UserError as err:
         if debug:
             raise
-        print(f"atrous: error: {err}", file=sys.stderr)
-        return 2
-    args = build_parser().parse_args(argv)
-    try:
-        outcome = command_module(args.command).run(_options(args.command, args))
-        return outcome if isinstance(outcome, int) else 0
-    except (UserError, DataError) as err:
-        if args.debug:
-            raise
-        print(f"atrous {args.command}: error: {error_prefix()}{_one_line(err)}", file=sys.stderr)
+        print(f"{_prog(command)}: error: {error_prefix()}{as_flags(_one_line(err), err.arguments, command)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"atrous {args.command}: interrupted", file=sys.stderr)
+        print(f"{_prog(command)}: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # anything unexpected still ends in one line without --debug
-        if args.debug:
+        if debug or command is None:
             raise
-        print(f"atrous {args.command}: error: {error_prefix()}{type(err).__name__}: {_one_line(err)} "
+        print(f"{_prog(command)}: error: {error_prefix()}{type(err).__name__}: {_one_line(err)} "
               "(rerun with --debug for details)", file=sys.stderr)
         return 1
+
+
+def _prog(command: str | None) -> str:
+    return "atrous" if command is None else f"atrous {command}"
+
+
+def as_flags(message: str, arguments: Sequence[str], command: str | None) -> str:
+    """`message` with the first appearance of each of `arguments` (Python names) written as
+    `command`'s flag for it; a name the command has no flag for stays as it is."""
+    flags = {"imports": "--import", "config": "--config", "window": "--slide"}  # infer's window: --slide
+    if command is not None:
+        flags.update(flags_of(command_module(command).Options))
+    for name in arguments:
+        for written in (f"{name}=False", f"{name}=True", name):  # a bool's value picks its flag
+            found = re.search(rf"(?<![\w\-/.\\]){re.escape(written)}(?![\w=/\\])(?!\.\w)", message) \
+                if written in flags else None  # a word of its own, not a piece of a path
+            if found:
+                message = message[:found.start()] + flags[written] + message[found.end():]
+                break
+    return message
 
 
 def _one_line(err: BaseException) -> str:

@@ -7,14 +7,16 @@ range and help; the command-line flags, the config-file keys and the checks all 
         optimizer: str = option("sgd", "the optimiser", choices=("sgd", "adamw"))
 
     add_flags(parser, Settings)       # --lr LR, --optimizer {sgd,adamw}, help with the default
-    check_options(Settings(lr=nan))   # UserError: --lr must be a finite number, got nan
+    check_options(Settings(lr=nan))   # UserError: lr must be a finite number, got nan
+                                      # (err.arguments == ("lr",): the command line prints --lr)
 
 A field's flag is `--` + its name with dashes; a bool whose default is True gets `--no-NAME`
 (store_false); `flag=` names another flag (`--model-opt` for model_options, `--static`), and
 `other=` a second flag that sets a bool's opposite (`--no-sync-bn`, `--dynamic`). Choices may be
 a callable (a registry's names, read when the parser is built). Numbers are checked for type,
 finiteness and range (`ge`, `gt`, `le`, `lt`), text against its choices, and the error names
-the flag and lists the choices, in one line.
+the field and lists the choices, in one line; the command line writes the field as its flag
+(`flags_of`).
 
 Why not tyro or jsonargparse, which also turn dataclasses into flags: both were tried on
 TrainConfig's kind of fields. They add 64 ms (tyro 1.0.17) and 81 ms (jsonargparse 4.53) of
@@ -122,6 +124,32 @@ def flag_name(spec: dataclasses.Field, opt: Option) -> str:
     return opt.flag or "--" + spec.name.replace("_", "-")
 
 
+def main_flag(item: Declared) -> str:
+    """The flag that sets a field on the command line: flag_name(), or `--no-NAME` for a bool
+    whose default is True."""
+    spec, opt = item.field, item.option
+    if item.base is bool and not opt.also and not opt.flag and default_of(spec) is True:
+        return f"--no-{spec.name.replace('_', '-')}"
+    return flag_name(spec, opt)
+
+
+def flags_of(cls: type) -> dict[str, str]:
+    """Each field of the options dataclass `cls` that has a flag, and its flag_name()
+    (positional arguments: their name in capitals, as the usage line shows them); for a bool,
+    also `NAME=True` and `NAME=False` and the flag that sets each (`dynamic=False`: `--static`)."""
+    flags = {}
+    for item in declared(cls):
+        if not item.option.cli:
+            continue
+        flags[item.name] = item.name.upper() if item.option.positional else flag_name(item.field, item.option)
+        default = default_of(item.field)
+        if item.base is bool and not item.option.also and isinstance(default, bool):
+            flags[f"{item.name}={not default}"] = main_flag(item)
+            if item.option.other:
+                flags[f"{item.name}={default}"] = item.option.other
+    return flags
+
+
 def default_of(spec: dataclasses.Field) -> Any:
     if spec.default is not dataclasses.MISSING:
         return spec.default
@@ -171,7 +199,7 @@ def _add_flag(parser: Any, item: Declared, defaults: bool) -> None:
                             metavar="|".join(opt.also), **kwargs)
         return
     if base is bool:
-        main = opt.flag or (f"--no-{name.replace('_', '-')}" if default is True else flag_name(spec, opt))
+        main = main_flag(item)
         action = "store_false" if default is True else "store_true"
         parser.add_argument(main, action=action, **kwargs)
         if opt.other:  # --sync-bn / --no-sync-bn, --static / --dynamic: one dest, both states explicit
@@ -245,18 +273,20 @@ def collect(cls: type, flags: dict[str, Any]) -> dict[str, Any]:
 
 def check_options(settings: Any) -> None:
     """Every declared field of a dataclass instance checked: type, finiteness, range, choices.
-    Raises UserError naming the flag, in one line. Returns nothing; bad values are not fixed."""
+    Raises UserError naming the field (its `arguments`: the field's name), in one line.
+    Returns nothing; bad values are not fixed."""
     for item in declared(type(settings)):
         value = getattr(settings, item.name)
         if value is dataclasses.MISSING or (value is None and item.optional):
             continue
-        name = flag_name(item.field, item.option) if item.option.cli else item.name
-        if item.option.positional:
-            name = item.name.upper()
-        check_value(name, value, item)
+        try:
+            check_value(item.name, value, item)
+        except UserError as err:
+            raise UserError(str(err), argument=item.name) from None
 
 
 def check_value(name: str, value: Any, item: Declared) -> None:
+    """`value` checked against the declaration `item`; the error's message names it `name`."""
     base, opt = item.base, item.option
     if value is None:
         raise UserError(f"{name} needs a value")
@@ -295,7 +325,7 @@ def check_value(name: str, value: Any, item: Declared) -> None:
 def _check_choice(name: str, value: Any, opt: Option) -> None:
     choices = opt.choice_names()
     if choices is not None and value not in choices:
-        noun = name.lstrip("-").replace("-", " ")
+        noun = name.lstrip("-").replace("-", " ").replace("_", " ")
         raise UserError(f"{name}: unknown {noun} {value!r}; choose one of: {', '.join(map(str, choices))}")
 
 
@@ -325,29 +355,32 @@ class ProgressOptions:
 # --- config files --------------------------------------------------------------------------
 
 def read_mapping_file(path: str, option: str) -> dict[str, Any]:
-    """A YAML (or JSON) file holding a mapping, with one-line errors naming `option`."""
+    """A YAML (or JSON) file holding a mapping, with one-line errors naming the argument
+    `option` that gave the file (its `arguments`)."""
     import yaml
 
     if not os.path.isfile(path):
-        raise UserError(f"{option} file not found: {path}")
+        raise UserError(f"{option} file not found: {path}", argument=option)
     try:
         with open(path) as handle:
             data = yaml.safe_load(handle) or {}
     except yaml.YAMLError as err:
-        raise UserError(f"{option} {path} is not valid YAML/JSON: {str(err).splitlines()[0]}") from err
+        raise UserError(f"{option} {path} is not valid YAML/JSON: {str(err).splitlines()[0]}",
+                        argument=option) from err
     if not isinstance(data, dict):
-        raise UserError(f"{option} {path} must hold a mapping of name: value")
+        raise UserError(f"{option} {path} must hold a mapping of name: value", argument=option)
     return data
 
 
-def read_config(path: str, known: type | Iterable[str], option: str = "--config") -> dict[str, Any]:
+def read_config(path: str, known: type | Iterable[str], option: str = "config") -> dict[str, Any]:
     """A config file's values (keys with dashes or underscores) for the fields of the dataclass
     `known` (or the names it lists); an unknown key is an error naming the closest known one."""
     data = {str(k).replace("-", "_"): v for k, v in read_mapping_file(path, option).items()}
     known = {spec.name for spec in dataclasses.fields(known)} if isinstance(known, type) else set(known)
     for key in data:
         if key not in known:
-            raise UserError(f"{option} {path}: unknown option '{key}'{_did_you_mean(key, known)}")
+            raise UserError(f"{option} {path}: unknown option '{key}'{_did_you_mean(key, known)}",
+                            argument=option)
     return data
 
 

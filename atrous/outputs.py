@@ -117,13 +117,13 @@ def require_writable_folder(folder: str, option: str, *, named: str | None = Non
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
-        raise UserError(f"{option} {shown} cannot be written: {existing} is a file, not a folder")
+        raise UserError(f"{option} {shown} cannot be written: {existing} is a file, not a folder", argument=option)
     try:
         os.makedirs(folder, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):
             pass
     except OSError as err:
-        raise UserError(f"{option} {shown} cannot be written: {err.strerror or err}") from err
+        raise UserError(f"{option} {shown} cannot be written: {err.strerror or err}", argument=option) from err
     finally:
         made = os.path.abspath(folder)
         while not keep and made != existing and os.path.isdir(made) and not os.listdir(made):
@@ -134,5 +134,5 @@ def require_writable_folder(folder: str, option: str, *, named: str | None = Non
 def require_writable_file(path: str, option: str) -> None:
     """The folder that will hold the file `path` must be writable (see require_writable_folder)."""
     if os.path.isdir(path):
-        raise UserError(f"{option} {path} is a folder; give a file name")
+        raise UserError(f"{option} {path} is a folder; give a file name", argument=option)
     require_writable_folder(os.path.dirname(os.path.abspath(path)), option, named=path)

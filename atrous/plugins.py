@@ -48,8 +48,8 @@ def import_plugins(modules: Sequence[str] = ()) -> list[str]:
         try:
             importlib.import_module(name)
         except ImportError as err:
-            raise UserError(f"--import {name}: {err}") from err
+            raise UserError(f"imports {name}: {err}", argument="imports") from err
         except Exception as err:
-            raise UserError(f"--import {name} failed: {type(err).__name__}: {err}") from err
+            raise UserError(f"imports {name} failed: {type(err).__name__}: {err}", argument="imports") from err
         imported.append(name)
     return imported

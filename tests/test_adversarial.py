@@ -120,5 +120,5 @@ def test_discriminator_pretraining_holds_the_trained_segmenter_fixed(tmp_path) -
                       adversarial_pretrain=1))
     joint = load_file(tmp_path / "phase3" / "model.safetensors")
     assert any(not torch.equal(joint[k], trained[k]) for k in trained)  # the second step trains both
-    with pytest.raises(UserError, match="add --adversarial"):
+    with pytest.raises(UserError, match="add adversarial"):
         train(TrainConfig(**base, iters=1, out=str(tmp_path / "refused"), adversarial_pretrain=1))

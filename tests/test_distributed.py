@@ -296,7 +296,7 @@ def test_batch_norm_across_two_processes_is_batch_norm_of_the_whole_batch(runs):
 # --- pieces ------------------------------------------------------------------------------------
 def test_global_batch_split():
     assert micro_batch_size(16, 4, 2) == 2
-    with pytest.raises(UserError, match="--batch-size 6 does not split into 4 process.*multiple of 8"):
+    with pytest.raises(UserError, match="^batch_size 6 does not split into 4 process.*multiple of 8"):
         micro_batch_size(6, 4, 2)
     # every sample of every step once, micro-batch by micro-batch, rank after rank
     orders = [list(GlobalBatchSampler(1, 3, 8, World(rank, 2), accum=2)) for rank in (0, 1)]

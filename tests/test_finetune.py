@@ -309,9 +309,9 @@ def test_freeze_bn_keeps_every_statistic_and_lr_mult_scales_each_group(tmp_path)
     lrs = {g["lr_mult"]: g["lr"] for g in trainer.optimizer.param_groups}
     assert set(lrs) == {0.1, 1.0, 5.0}
     assert lrs[5.0] == pytest.approx(5 * lrs[1.0]) and lrs[0.1] == pytest.approx(0.1 * lrs[1.0])
-    with pytest.raises(UserError, match="--lr-mult nope: not backbone, head or a parameter-name prefix"):
+    with pytest.raises(UserError, match="^lr_mult nope: not backbone, head or a parameter-name prefix"):
         Trainer(TrainConfig(**{**cfg.__dict__, "lr_mult": {"nope": 2}, "out": str(tmp_path / "x")}))
-    with pytest.raises(UserError, match="--lr-mult head must be a finite number"):
+    with pytest.raises(UserError, match="^lr_mult head must be a finite number"):
         TrainConfig(**{**cfg.__dict__, "lr_mult": {"head": float("nan")}}).validate()
 
 

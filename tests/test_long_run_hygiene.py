@@ -73,7 +73,7 @@ def test_an_operation_without_a_deterministic_implementation_is_one_line_naming_
     with pytest.raises(UserError) as caught:
         trainer.run()
     message = str(caught.value)
-    assert "\n" not in message and message.startswith("--deterministic: max_unpooling2d")
+    assert "\n" not in message and message.startswith("deterministic: max_unpooling2d")
     assert _flags() == before
 
 

@@ -124,7 +124,7 @@ def test_builtin_losses_keep_their_old_keywords():
 def test_a_registered_dataset_is_built_by_name_and_unknown_names_list_the_known():
     with pytest.raises(Exception, match="unknown dataset 'nope'; choose one of: .*camvid"):
         build_dataset("nope", "train")
-    with pytest.raises(Exception, match="--dataset folder needs --data-root DIR"):
+    with pytest.raises(Exception, match="^dataset folder needs data_root DIR"):
         build_dataset("folder", "train")
     assert len(build_dataset("synthetic", "val", synthetic_size=32, synthetic_length=3)) == 3
 
@@ -132,9 +132,9 @@ def test_a_registered_dataset_is_built_by_name_and_unknown_names_list_the_known(
 def test_loss_options_are_checked_before_any_work():
     from atrous.training import TrainConfig
 
-    with pytest.raises(UserError, match="--loss-opt min_kept must be a whole number"):
+    with pytest.raises(UserError, match="^loss_options min_kept must be a whole number"):
         TrainConfig(loss="ohem", loss_options={"min_kept": 2.5}).validate()
-    with pytest.raises(UserError, match="--loss-opt per_image must be true or false"):
+    with pytest.raises(UserError, match="^loss_options per_image must be true or false"):
         TrainConfig(loss="lovasz", loss_options={"per_image": "yes"}).validate()
     # the legacy flag and --loss-opt: --loss-opt wins
     assert TrainConfig(loss="focal", focal_gamma=1.0, loss_options={"gamma": 3.0}).loss_settings() == {"gamma": 3.0}

@@ -32,7 +32,7 @@ def cpu_has_native_bf16() -> bool:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """"auto" -> the fast precision for `device`; the others as they are."""
     if precision not in PRECISIONS:
-        raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got '{precision}'")
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got '{precision}'", argument="precision")
     if precision != "auto":
         return precision
     if device.type == "cuda":
@@ -49,9 +49,9 @@ def resolve_device(device: str | None) -> torch.device:
     try:
         resolved = torch.device(device)
     except RuntimeError as err:
-        raise UserError(f"--device {device}: {err}") from err
+        raise UserError(f"device {device}: {err}", argument="device") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {device}: CUDA is not available on this machine")
+        raise UserError(f"device {device}: CUDA is not available on this machine", argument="device")
     return resolved
 
 
@@ -72,7 +72,7 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     """bf16 or fp16 autocast on CPU or GPU when asked; fp32 otherwise. (fp16 is for GPUs, with
     a gradient scaler in training; it runs on a CPU too, slowly.)"""
     if precision not in ARITHMETIC:
-        raise UserError(f"--precision must be one of {', '.join(ARITHMETIC)}, got '{precision}'")
+        raise UserError(f"precision must be one of {', '.join(ARITHMETIC)}, got '{precision}'", argument="precision")
     if precision == "fp32":
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)

@@ -98,7 +98,7 @@ def process_group(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) ->
     if missing:
         raise UserError(f"distributed run: environment variable {missing[0]} is not set (launch with torchrun)")
     if timeout_s <= 0:
-        raise UserError(f"--dist-timeout must be positive, got {timeout_s}")
+        raise UserError(f"dist_timeout must be positive, got {timeout_s}", argument="dist_timeout")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(rank_device(device))

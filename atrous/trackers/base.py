@@ -72,7 +72,7 @@ def tracker_names(text: str) -> list[str]:
     for name in names:
         entry = TRACKERS.get(name)
         if entry.needs and importlib.util.find_spec(entry.needs) is None:
-            raise UserError(f"--log {name} needs {entry.needs}: pip install 'atrous[{entry.extra}]'")
+            raise UserError(f"log {name} needs {entry.needs}: pip install 'atrous[{entry.extra}]'", argument="log")
     return names
 
 

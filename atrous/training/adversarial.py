@@ -168,7 +168,8 @@ class AdversarialFeature(TrainingFeature):
     @classmethod
     def check_options(cls, cfg: Any) -> None:
         if cfg.adversarial_pretrain and not cfg.adversarial:
-            raise UserError("--adversarial-pretrain trains the discriminator of --adversarial; add --adversarial")
+            raise UserError("adversarial_pretrain trains the discriminator; add adversarial",
+                            argument=("adversarial_pretrain", "adversarial"))
 
     @classmethod
     def from_config(cls, cfg: Any, run: Run) -> AdversarialFeature | None:

@@ -31,13 +31,14 @@ class BestOptions:
                                    nargs="?", const=DEFAULT_METRIC)
 
 
-def check_metric(metric: str, flag: str) -> None:
-    """The metric's name alone (its class is checked once the dataset is known)."""
+def check_metric(metric: str, option: str) -> None:
+    """The metric's name alone (its class is checked once the dataset is known); errors name
+    the argument `option` that gave it."""
     if metric not in SUMMARY_METRICS and not (metric.startswith(CLASS_PREFIX) and len(metric) > len(CLASS_PREFIX)):
-        raise UserError(f"{flag} {metric}: choose one of {', '.join(SUMMARY_METRICS)} or iou:CLASS")
+        raise UserError(f"{option} {metric}: choose one of {', '.join(SUMMARY_METRICS)} or iou:CLASS", argument=option)
 
 
-def class_index(metric: str, class_names: list[str], flag: str) -> int | None:
+def class_index(metric: str, class_names: list[str], option: str) -> int | None:
     """The class of an iou:CLASS metric (a name or an index); None for a summary metric."""
     if not metric.startswith(CLASS_PREFIX):
         return None
@@ -46,7 +47,7 @@ def class_index(metric: str, class_names: list[str], flag: str) -> int | None:
         return class_names.index(name)
     if name.isdigit() and int(name) < len(class_names):
         return int(name)
-    raise UserError(f"{flag} {metric}: no class '{name}' (the classes: {', '.join(class_names)})")
+    raise UserError(f"{option} {metric}: no class '{name}' (the classes: {', '.join(class_names)})", argument=option)
 
 
 def metric_value(metrics: dict[str, Any], metric: str, index: int | None) -> float:
@@ -91,15 +92,15 @@ class BestModel(TrainingFeature):
     @classmethod
     def check_options(cls, cfg: Any) -> None:
         if cfg.save_best is not None:
-            check_metric(cfg.save_best, "--save-best")
+            check_metric(cfg.save_best, "save_best")
             if not cfg.eval_split:
-                raise UserError("--save-best needs an evaluated split (--eval-split)")
+                raise UserError("save_best needs an evaluated split (eval_split)", argument=("save_best", "eval_split"))
 
     @classmethod
     def from_config(cls, cfg: Any, run: Run) -> BestModel | None:
         if cfg.save_best is None:
             return None
-        index = class_index(cfg.save_best, list(run.info.class_names), "--save-best")
+        index = class_index(cfg.save_best, list(run.info.class_names), "save_best")
         return cls(Tracker(cfg.save_best, index), os.path.join(cfg.out, BEST_FILE))
 
     def after_evaluation(self, run: Any, metrics: dict[str, Any]) -> None:

@@ -24,14 +24,15 @@ def class_indices(classes: Sequence[str], names: Sequence[str]) -> list[int]:
         elif item in names:
             indices.append(list(names).index(item))
         else:
-            raise UserError(f"--bootstrap-class {item}: no such class; the dataset's classes: {', '.join(names)}")
+            raise UserError(f"bootstrap_class {item}: no such class; the dataset's classes: {', '.join(names)}",
+                            argument="bootstrap_class")
     return indices
 
 
 def hard_images(dataset: torch.utils.data.Dataset, classes: Sequence[int]) -> list[int]:
     """Indices of the items whose label map contains one of `classes`."""
     if not hasattr(dataset, "labels"):
-        raise UserError("--bootstrap-class needs label files to look into; this dataset has none")
+        raise UserError("bootstrap_class needs label files to look into; this dataset has none", argument="bootstrap_class")
     wanted = np.asarray(classes)
     return [index for index, labels in enumerate(dataset.labels()) if np.isin(labels, wanted).any()]
 

@@ -71,16 +71,17 @@ class Deterministic(TrainingFeature):
 
 
 def nondeterministic_error(err: RuntimeError) -> UserError | None:
-    """torch's refusal of a nondeterministic operation, in one line naming --deterministic;
+    """torch's refusal of a nondeterministic operation, in one line naming `deterministic`;
     None for any other error."""
     text = str(err).strip()
     if "does not have a deterministic implementation" in text:
         operation = text.split()[0]
-        return UserError(f"--deterministic: {operation} has no deterministic implementation in torch on this "
-                         "device; train without --deterministic (or on another device)")
+        return UserError(f"deterministic: {operation} has no deterministic implementation in torch on this "
+                         "device; train with it off (or on another device)", argument="deterministic")
     if "CUBLAS_WORKSPACE_CONFIG" in text:
-        return UserError(f"--deterministic: cuBLAS was used before CUBLAS_WORKSPACE_CONFIG was set; set "
-                         f"CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} in the environment before starting")
+        return UserError(f"deterministic: cuBLAS was used before CUBLAS_WORKSPACE_CONFIG was set; set "
+                         f"CUBLAS_WORKSPACE_CONFIG={CUBLAS_WORKSPACE} in the environment before starting",
+                         argument="deterministic")
     return None
 
 

@@ -30,18 +30,18 @@ class EarlyStopping(TrainingFeature):
     def check_options(cls, cfg: Any) -> None:
         if cfg.early_stop is None:
             if cfg.min_delta:
-                raise UserError("--min-delta applies to --early-stop; add --early-stop PATIENCE")
+                raise UserError("min_delta applies to early_stop; add early_stop PATIENCE", argument=("min_delta", "early_stop"))
             return
-        check_metric(cfg.save_best or DEFAULT_METRIC, "--save-best")
+        check_metric(cfg.save_best or DEFAULT_METRIC, "save_best")
         if not cfg.eval_split:
-            raise UserError("--early-stop needs an evaluated split (--eval-split)")
+            raise UserError("early_stop needs an evaluated split (eval_split)", argument=("early_stop", "eval_split"))
 
     @classmethod
     def from_config(cls, cfg: Any, run: Run) -> EarlyStopping | None:
         if cfg.early_stop is None:
             return None
         metric = cfg.save_best or DEFAULT_METRIC
-        index = class_index(metric, list(run.info.class_names), "--save-best")
+        index = class_index(metric, list(run.info.class_names), "save_best")
         return cls(Tracker(metric, index, cfg.min_delta), cfg.early_stop)
 
     def after_evaluation(self, run: Run, metrics: dict[str, Any]) -> None:

@@ -37,8 +37,8 @@ def micro_batch_size(batch_size: int, world_size: int, accum: int) -> int:
     parts = world_size * accum
     if batch_size % parts:
         raise UserError(
-            f"--batch-size {batch_size} does not split into {world_size} process(es) x --grad-accum {accum}: "
-            f"use a multiple of {parts}"
+            f"batch_size {batch_size} does not split into {world_size} process(es) x grad_accum {accum}: "
+            f"use a multiple of {parts}", argument=("batch_size", "grad_accum")
         )
     return batch_size // parts
 

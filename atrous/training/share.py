@@ -25,11 +25,12 @@ from atrous.training.config import recipe
 RUN_METRICS = "metrics.json"  # beside the run's config.json (CONFIG_FILE, the same name as a pretrained folder's)
 
 
-def check_pretrained_out(directory: str, flag: str) -> None:
-    """`directory` may be new, empty or an earlier pretrained folder (replaced), nothing else:
-    files of other work there are never mixed with or overwritten by the model's."""
+def check_pretrained_out(directory: str, option: str) -> None:
+    """`directory` (the argument `option`) may be new, empty or an earlier pretrained folder
+    (replaced), nothing else: files of other work there are never mixed with or overwritten by
+    the model's."""
     if os.path.isfile(directory):
-        raise UserError(f"{flag} {directory} is a file; give a folder for the pretrained model")
+        raise UserError(f"{option} {directory} is a file; give a folder for the pretrained model", argument=option)
     if not os.path.isdir(directory) or not os.listdir(directory):
         return
     try:
@@ -38,7 +39,7 @@ def check_pretrained_out(directory: str, flag: str) -> None:
                 return
     except (OSError, ValueError):
         pass
-    raise UserError(f"{flag} {directory} holds other files; give a new or empty folder")
+    raise UserError(f"{option} {directory} holds other files; give a new or empty folder", argument=option)
 
 
 def evaluation(metrics: dict[str, Any]) -> dict[str, Any] | None:
@@ -66,13 +67,13 @@ def export_run(checkpoint: str, directory: str, *, metrics_file: str | None = No
     config.json beside it, the evaluation from `metrics_file` (default: the metrics.json
     beside it). A pretrained folder keeps its card's recipe, evaluation and notes unless
     replaced; a checkpoint outside a run folder gets a card without a recipe."""
-    check_pretrained_out(directory, "--out")
+    check_pretrained_out(directory, "out")
     model = load_checkpoint(checkpoint)
     run = os.path.dirname(os.path.abspath(checkpoint)) if os.path.isfile(checkpoint) else checkpoint
     config = _read_json(os.path.join(run, CONFIG_FILE), required=False) or {}
     metrics = _read_json(metrics_file, required=True) if metrics_file else None
     if metrics_file and (metrics is None or evaluation(metrics) is None):
-        raise UserError(f"--metrics {metrics_file} holds no evaluation (no split with an mIoU)")
+        raise UserError(f"metrics {metrics_file} holds no evaluation (no split with an mIoU)", argument="metrics")
     if "atrous_format" in config:  # a pretrained folder already
         return save_pretrained(model, directory, training=config.get("training"), notes=notes or config.get("notes"),
                                metrics=evaluation(metrics) if metrics else config.get("metrics"))

@@ -55,7 +55,7 @@ def read(path: str, device: torch.device | str = "cpu", *, mmap: bool = False) -
     try:
         return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except Exception as err:  # a damaged file: say which and why, in one line
-        raise UserError(f"--resume: cannot read {path}: {str(err).splitlines()[0]}") from err
+        raise UserError(f"resume: cannot read {path}: {str(err).splitlines()[0]}", argument="resume") from err
 
 
 def restore(trainer: Any, state: dict[str, Any]) -> None:
@@ -82,7 +82,8 @@ def check_same_recipe(saved: dict[str, Any], current: dict[str, Any], may_change
     """A resumed run must train as the saved one did: any other option changed is an error."""
     for key in current:
         if key not in may_change and saved.get(key) != current.get(key):
-            raise UserError(f"--resume: {out} was trained with {key}={saved.get(key)!r}, not {current.get(key)!r}")
+            raise UserError(f"resume: {out} was trained with {key}={saved.get(key)!r}, not {current.get(key)!r}",
+                            argument="resume")
 
 
 def resume_mode(out: str, resume: bool | str) -> str:
