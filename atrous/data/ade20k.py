@@ -23,7 +23,7 @@ import numpy as np
 
 from atrous.data.io import DataError, read_mask
 from atrous.data.meta import DatasetInfo
-from atrous.data.pairs import PairedFiles, lookup_table, require_folder
+from atrous.data.pairs import PairedFiles, jpeg_png_pairs, lookup_table, require_folder
 from atrous.data.registry import register_dataset
 
 # objectInfo150.txt, column Name, in class order 1..150
@@ -119,7 +119,7 @@ def find_ade20k(root: str) -> str:
         if os.path.isdir(os.path.join(candidate, "images")) and os.path.isdir(os.path.join(candidate, "annotations")):
             return candidate
     raise DataError(f"ADE20K not found under {root}: expected {os.path.join(root, ADE20K_FOLDER, 'images')} "
-                    "and annotations/ (or --data-root at ADEChallengeData2016)")
+                    "and annotations/ (or data_root at ADEChallengeData2016)", argument="data_root")
 
 
 @register_dataset("ade20k", root="ade20k")  # holding ADEChallengeData2016/
@@ -136,13 +136,7 @@ class ADE20K(PairedFiles):
         label_dir = os.path.join(base, "annotations", ADE20K_SPLITS[split])
         require_folder(image_dir, "ADE20K image", "expected images/training and images/validation")
         require_folder(label_dir, "ADE20K annotation", "expected annotations/training and annotations/validation")
-        stems = sorted(name[:-4] for name in os.listdir(image_dir) if name.lower().endswith(".jpg"))
-        if not stems:
-            raise DataError(f"no .jpg images in {image_dir}")
-        self.items = [(os.path.join(image_dir, f"{s}.jpg"), os.path.join(label_dir, f"{s}.png")) for s in stems]
-        missing = [label for _, label in self.items if not os.path.isfile(label)]
-        if missing:
-            raise DataError(f"ADE20K annotation not found: {missing[0]} ({len(missing)} images have none)")
+        self.items = jpeg_png_pairs(image_dir, label_dir, "ADE20K annotation")
 
     def read_label(self, path: str) -> np.ndarray:
         source = read_mask(path)

@@ -57,9 +57,23 @@ def require_files(paths: Iterable[str], what: str) -> None:
         raise DataError(f"{what} file not found: {missing[0]} ({len(missing)} missing)")
 
 
-def require_folder(path: str, what: str, hint: str = "pass --data-root") -> None:
+def require_folder(path: str, what: str, hint: str = "give data_root") -> None:
+    """A dataset's folder (under its `data_root`) must exist; DataError naming `data_root` else."""
     if not os.path.isdir(path):
-        raise DataError(f"{what} folder not found: {path} ({hint})")
+        raise DataError(f"{what} folder not found: {path} ({hint})", argument="data_root")
+
+
+def jpeg_png_pairs(image_dir: str, label_dir: str, what: str) -> list[tuple[str, str]]:
+    """Every `<stem>.jpg` of image_dir (sorted) with `<stem>.png` of label_dir (ADE20K, COCO-Stuff);
+    one DataError naming the first label missing."""
+    stems = sorted(name[:-4] for name in os.listdir(image_dir) if name.lower().endswith(".jpg"))
+    if not stems:
+        raise DataError(f"no .jpg images in {image_dir}")
+    items = [(os.path.join(image_dir, f"{s}.jpg"), os.path.join(label_dir, f"{s}.png")) for s in stems]
+    missing = [label for _, label in items if not os.path.isfile(label)]
+    if missing:
+        raise DataError(f"{what} not found: {missing[0]} ({len(missing)} images have none)")
+    return items
 
 
 def lookup_table(pairs: Iterable[tuple[int, int]]) -> np.ndarray:

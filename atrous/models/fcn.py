@@ -129,6 +129,14 @@ class FCN(SegmentationModel):
             stride (instead of the paper's 100-pixel padding and crops, see the module
             docstring); False runs on the image as it is, as torchvision does, for the ResNet
             FCN-32s only. atrous' option, not in the paper.
+        extra_heads (Mapping[str, int] | None, default None): more score heads on the shared
+            network, name -> classes, e.g. {"geometric": 3}: FCN's two-headed SIFT Flow net
+            (Sec. 5, Table 6: "semantic and geometric prediction layers and losses"); each head
+            has its own score_fr, skip score layers and upsamplings, the trunk up to fc7 (the
+            backbone on a ResNet) is shared. `model(x, return_aux=True)[name]` holds its
+            (N, classes, H, W) scores; `model(x)` stays the main head's. Their losses:
+            `atrous.losses.multi_head.multi_head_loss`; `atrous train` does not train them
+            (its items carry one label map).
     """
 
     skips: tuple[int, ...] = ()
@@ -145,6 +153,7 @@ class FCN(SegmentationModel):
         learn_final_upsampling: bool = False,
         aux_head: bool = False,
         pad_input: bool = True,
+        extra_heads: Mapping[str, int] | None = None,
     ) -> None:
         super().__init__(num_classes, in_channels)
         backbone = backbone or "vgg16"
@@ -165,31 +174,45 @@ class FCN(SegmentationModel):
             self.head = FCNHead(self.backbone.channels[-1], num_classes, dropout=dropout or 0.1)
         self.score_skips = nn.ModuleList(self._score_layer(i) for i in self.skips)
         self.upsample_skips = nn.ModuleList(self._upsampler(i) for i in self.skips)
-        finest = self.backbone.reductions[(self.skips or (4,))[-1] - 2]
-        self.upsample_final: nn.Module = nn.Identity()
-        if self.vgg:  # the paper's in-network upsampling; ResNets use the base class' bilinear
-            self.upsample_final = BilinearConvTranspose2d(
-                num_classes, finest, learnable=learn_final_upsampling
-            )
+        self.upsample_final = self._final_upsampler(num_classes, learn_final_upsampling)
+        self.extra_heads = nn.ModuleDict({name: self._extra_head(name, classes, dropout, learn_final_upsampling)
+                                          for name, classes in dict(extra_heads or {}).items()})
         if aux_head:
             if self.vgg:
                 raise ValueError("aux_head is the torchvision ResNet FCN's; VGG16 FCNs have none")
             self.aux_head = FCNHead(self.backbone.channels[1], num_classes)
             self.aux_weights["aux"] = 0.5
 
-    def _score_layer(self, index: int) -> nn.Conv2d:
+    def _final_upsampler(self, classes: int, learnable: bool) -> nn.Module:
+        """VGG16: the paper's in-network x32 / x16 / x8 upsampling; ResNets use the base class' bilinear."""
+        finest = self.backbone.reductions[(self.skips or (4,))[-1] - 2]
+        return BilinearConvTranspose2d(classes, finest, learnable=learnable) if self.vgg else nn.Identity()
+
+    def _extra_head(self, name: str, classes: int, dropout: float | None, learnable: bool) -> nn.Module:
+        """Another head's score_fr (on fc7, or an FCN head on a ResNet), skip scores and upsamplings."""
+        if name in ("out", "aux") or not isinstance(classes, int) or classes < 1:
+            raise ValueError(f"extra_heads: '{name}' needs a name other than out / aux and a class count >= 1")
+        head = nn.Module()
+        head.score_fr = (BiasAfterConv2d(4096, classes, 1) if self.vgg
+                         else FCNHead(self.backbone.channels[-1], classes, dropout=dropout or 0.1))
+        head.score_skips = nn.ModuleList(self._score_layer(i, classes) for i in self.skips)
+        head.upsample_skips = nn.ModuleList(self._upsampler(i, classes) for i in self.skips)
+        head.upsample_final = self._final_upsampler(classes, learnable)
+        return head
+
+    def _score_layer(self, index: int, classes: int | None = None) -> nn.Conv2d:
         """A zero-initialised 1x1 score layer on the skip feature (Sec. 4.2)."""
-        conv = nn.Conv2d(self.backbone.channels[index - 2], self.num_classes, 1)
+        conv = nn.Conv2d(self.backbone.channels[index - 2], classes or self.num_classes, 1)
         nn.init.zeros_(conv.weight)
         nn.init.zeros_(conv.bias)
         return keep_init(conv)
 
-    def _upsampler(self, index: int) -> nn.Module:
+    def _upsampler(self, index: int, classes: int | None = None) -> nn.Module:
         """Upsamples the fused scores so far to the stride of feature `index`."""
         position = self.skips.index(index)
         coarser = self.skips[position - 1] if position > 0 else 4
         ratio = self.backbone.reductions[coarser - 2] // self.backbone.reductions[index - 2]
-        return BilinearConvTranspose2d(self.num_classes, ratio) if ratio > 1 else nn.Identity()
+        return BilinearConvTranspose2d(classes or self.num_classes, ratio) if ratio > 1 else nn.Identity()
 
     def _load_vgg_classifier(self, pretrained: str) -> None:
         if os.path.isfile(pretrained):
@@ -204,12 +227,21 @@ class FCN(SegmentationModel):
             load_vgg16_classifier(self.head[0], state)
             keep_init(self.head[0])
 
+    def _fuse(self, score: torch.Tensor, features: list[torch.Tensor], score_skips: nn.ModuleList,
+              upsample_skips: nn.ModuleList) -> torch.Tensor:
+        """The skips' scores added to the upsampled coarser scores, coarse to fine (Fig. 3)."""
+        for index, score_layer, upsample in zip(self.skips, score_skips, upsample_skips, strict=True):
+            score = upsample(score) + score_layer(features[index - 2])
+        return score
+
     def segment(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         features = self.backbone(x)  # strides 8, 16, 32 (VGG16) or 8, 8, 8 (dilated ResNet)
-        score = self.head(features[-1])  # (N, K, H/32, W/32)
-        for index, score_layer, upsample in zip(self.skips, self.score_skips, self.upsample_skips, strict=True):
-            score = upsample(score) + score_layer(features[index - 2])
-        outputs = {"out": self.upsample_final(score)}
+        trunk = self.head[0](features[-1]) if self.vgg else features[-1]  # fc7 (N, 4096, H/32, W/32)
+        score = self.head[1](trunk) if self.vgg else self.head(trunk)  # (N, K, H/32, W/32)
+        outputs = {"out": self.upsample_final(self._fuse(score, features, self.score_skips, self.upsample_skips))}
+        for name, head in self.extra_heads.items():  # e.g. SIFT Flow's geometric head
+            fused = self._fuse(head.score_fr(trunk), features, head.score_skips, head.upsample_skips)
+            outputs[name] = head.upsample_final(fused)
         if self.training and "aux" in self.aux_weights:
             outputs["aux"] = self.aux_head(features[1])
         return outputs
