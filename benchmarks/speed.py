@@ -4,15 +4,21 @@ matmul throughput.
 
     .venv/bin/python benchmarks/speed.py [--sizes 360x480 1024x2048] [--threads 1 2]
         [--repeats 5] [--large-repeats 3] [--calibrate-images 8] [--data-root DIR]
-        [--torchvision-weights] [--no-docs | --docs-only]
+        [--torchvision-weights] [--compile] [--no-openvino] [--no-smp]
+        [--models deeplabv3_resnet50 fcn_resnet50] [--no-docs | --docs-only]
 
 Rows, for each size and thread count:
 - torchvision `deeplabv3_resnet50` and `fcn_resnet50`, fp32 eager (`model(x)["out"]`), the
   reference of each pair (ratio 1.00);
 - atrous on the same weights (`atrous.from_torchvision`): `atrous.infer(model, x)` at its
-  default precision ("auto": bf16 autocast + channels-last on a CPU with native bf16), and
-  int8 (`atrous export --int8`'s graph: onnxruntime, QDQ, calibrated on
-  `--calibrate-images` CamVid train images), each with its label agreement with torchvision;
+  default precision ("auto": bf16 autocast + channels-last on a CPU with native bf16), its
+  ONNX export in onnxruntime (fp32), and int8 (`atrous export --int8`'s graph: onnxruntime,
+  QDQ, calibrated on `--calibrate-images` CamVid train images); with `--compile`, the
+  default path through torch.compile with inductor's CPU freezing;
+- OpenVINO (unless `--no-openvino`): atrous' model converted in memory (the engine
+  "openvino") at f32 and bf16 (OpenVINO's inference precision hint), and the int8 IR of
+  `atrous export --int8 --out m.xml` (NNCF, same calibration images; bf16 elsewhere where
+  the CPU has it); every atrous and OpenVINO row with its label agreement with torchvision;
 - smp DeepLabV3Plus, Unet and PSPNet on ResNet-50 (21 classes), fp32 eager as users run
   them, the input zero-padded to a multiple of 32 (smp requires it) and the logits cropped.
 Weights: random (this machine cannot download), batch-norm statistics set by a train-mode
@@ -58,8 +64,11 @@ from harness import (
 from torch.utils.flop_counter import FlopCounterMode
 
 import atrous
+from atrous.checkpoints.openvino_model import on_openvino
 from atrous.data import IMAGENET_MEAN, IMAGENET_STD, build_dataset
+from atrous.deployment.export import export_onnx
 from atrous.deployment.int8 import calibration_images, export_int8
+from atrous.deployment.openvino import export_openvino_int8
 from atrous.inference.infer import prepare
 from atrous.runtime.device import resolve_precision
 
@@ -185,39 +194,83 @@ def build_models(args: argparse.Namespace, folder: str) -> dict[str, torch.nn.Mo
     stats = camvid_images(args.data_root, "train", 4)
     calibration = camvid_images(args.data_root, "train", args.calibrate_images)
     models: dict[str, torch.nn.Module | str] = {}
-    for name in TORCHVISION:
+    for name in args.models:
         tv = torchvision_model(name, stats, args.torchvision_weights)
         ours = atrous.from_torchvision(name, tv.state_dict()).eval()
         models[f"torchvision {name}"], models[f"atrous {name}"] = tv, ours
         models[f"int8 {name}"] = os.path.join(folder, f"{name}.int8.onnx")
         # random weights: labels are near ties, so the export's agreement check is off here
         export_int8(ours, models[f"int8 {name}"], calibration, min_agreement=0.0)
-    for name in SMP:
+        models[f"fp32 {name}"] = os.path.join(folder, f"{name}.onnx")
+        export_onnx(ours, models[f"fp32 {name}"], example_size=tuple(calibration[0].shape[-2:]))
+        if not args.no_openvino:
+            models[f"openvino {name}"] = on_openvino(ours)
+            models[f"openvino int8 {name}"] = os.path.join(folder, f"{name}.int8.xml")
+            export_openvino_int8(ours, models[f"openvino int8 {name}"], calibration, min_agreement=0.0)
+    for name in () if args.no_smp else SMP:
         models[f"smp {name}"] = smp_model(name, stats)
     return models
 
 
-def build_paths(models: dict[str, torch.nn.Module | str], threads: int) -> tuple[list[Timed], dict[str, Callable]]:
+def build_paths(models: dict[str, torch.nn.Module | str], threads: int,
+                compile_: bool = False) -> tuple[list[Timed], dict[str, Callable]]:
     """Every path at `threads` threads (onnxruntime sessions take their thread count when
-    they are made) and, per architecture, a builder for FLOP counting."""
+    they are made, OpenVINO compiles per thread count) and, per architecture, a builder for
+    FLOP counting."""
     torch.set_num_threads(threads)
     paths: list[Timed] = []
     builders: dict[str, Callable] = {}
-    for name in TORCHVISION:
+    for name in [n for n in TORCHVISION if f"torchvision {n}" in models]:
         tv = models[f"torchvision {name}"]
         fast = prepare(models[f"atrous {name}"])  # atrous.infer's default precision, converted once
         int8 = atrous.load_checkpoint(models[f"int8 {name}"])
+        fp32 = atrous.load_checkpoint(models[f"fp32 {name}"])
+        reference = f"torchvision {name}"
         paths += [
-            Timed(f"torchvision {name}", lambda x, tv=tv: tv(x)["out"], "fp32", None, name),
-            Timed(f"atrous {name} default", lambda x, fast=fast: atrous.infer(fast, x), fast.precision,
-                  f"torchvision {name}", name),
-            Timed(f"atrous {name} int8", lambda x, int8=int8: int8(x), "int8", f"torchvision {name}", name),
+            Timed(reference, lambda x, tv=tv: tv(x)["out"], "fp32", None, name),
+            Timed(f"atrous {name} default", lambda x, fast=fast: atrous.infer(fast, x), fast.precision, reference, name),
+            Timed(f"atrous {name} onnxruntime fp32", fp32, "fp32", reference, name),
+            Timed(f"atrous {name} int8", lambda x, int8=int8: int8(x), "int8", reference, name),
         ]
+        if compile_:
+            paths.append(Timed(f"atrous {name} torch.compile", compiled_runner(models[f"atrous {name}"]),
+                               fast.precision, reference, name))
+        paths += openvino_paths(models, name, reference)
         builders[name] = lambda name=name: torchvision_model_meta(name)
-    for name in SMP:
+    for name in [n for n in SMP if f"smp {n}" in models]:
         paths.append(Timed(f"smp {name} resnet50", smp_runner(models[f"smp {name}"]), "fp32", None, f"smp {name}"))
         builders[f"smp {name}"] = lambda name=name: _smp_meta(name)
     return paths, builders
+
+
+def openvino_paths(models: dict[str, torch.nn.Module | str], name: str, reference: str) -> list[Timed]:
+    """OpenVINO f32 and bf16 (its inference precision hint) of atrous' model converted in
+    memory, and NNCF's int8 IR (bf16 elsewhere where the CPU has it: OpenVINO's default)."""
+    if f"openvino {name}" not in models:
+        return []
+    converted = models[f"openvino {name}"]
+    int8 = atrous.load_checkpoint(models[f"openvino int8 {name}"])
+    arithmetic = resolve_precision("auto", torch.device("cpu"))
+    return [Timed(f"openvino {name} f32", partial(converted.logits, arithmetic="fp32"), "fp32", reference, name),
+            Timed(f"openvino {name} bf16", partial(converted.logits, arithmetic="bf16"), "bf16", reference, name),
+            Timed(f"openvino {name} int8", partial(int8.logits, arithmetic=arithmetic), "int8", reference, name)]
+
+
+def compiled_runner(model: torch.nn.Module) -> Runner:
+    """atrous' default path (folded, bf16 autocast + channels-last where native) through
+    torch.compile with inductor's CPU freezing (weights as constants, oneDNN prepacking)."""
+    import torch._inductor.config as inductor
+
+    inductor.freezing = True
+    fast = prepare(model)
+    network = torch.compile(fast.network)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast.autocast):
+            memory = torch.channels_last if fast.channels_last else torch.contiguous_format
+            return network(x.contiguous(memory_format=memory)).float()
+
+    return run
 
 
 def torchvision_model_meta(name: str) -> torch.nn.Module:
@@ -271,7 +324,7 @@ def run(args: argparse.Namespace) -> dict:
             for threads in args.threads:
                 if str(threads) not in results["peaks_gflops"]:
                     results["peaks_gflops"][str(threads)] = matmul_peaks(threads)
-                paths, builders = build_paths(models, threads)
+                paths, builders = build_paths(models, threads, args.compile)
                 key = f"{size[0]}x{size[1]}"
                 large = size[0] * size[1] > 1_000_000
                 if key not in results["flops"]:
@@ -338,6 +391,11 @@ def main() -> None:
     parser.add_argument("--agreement-images", type=int, default=4, help="val images (1 above a megapixel)")
     parser.add_argument("--data-root", default=str(CAMVID_DATA))
     parser.add_argument("--torchvision-weights", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (inductor, freezing)")
+    parser.add_argument("--no-openvino", action="store_true", help="leave out the OpenVINO rows")
+    parser.add_argument("--models", nargs="+", default=list(TORCHVISION), choices=TORCHVISION,
+                        help="the torchvision architectures (and their atrous, onnxruntime, OpenVINO rows)")
+    parser.add_argument("--no-smp", action="store_true", help="leave out the smp rows")
     add_docs_flags(parser)
     args = parser.parse_args()
     if args.docs_only:

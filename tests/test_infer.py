@@ -212,22 +212,24 @@ def test_precision_auto_follows_the_cpu_and_fp32_stays_exact(monkeypatch):
 @pytest.mark.parametrize(
     "options,fragment",
     [
-        ({"scales": (1.0, 0.0)}, "--scales"),
-        ({"scales": (-0.5,)}, "--scales"),
-        ({"scales": ()}, "--scales"),
-        ({"window": 0}, "--slide"),
-        ({"window": (8, 8, 8)}, "--slide"),
-        ({"window": 8, "stride": 9}, "--stride"),
-        ({"window": (8, 4), "stride": (4, 5)}, "--stride"),
-        ({"window": 8, "stride": 0}, "--stride"),
-        ({"stride": 4}, "--slide"),
-        ({"precision": "fp64"}, "--precision"),
+        ({"scales": (1.0, 0.0)}, "scales"),
+        ({"scales": (-0.5,)}, "scales"),
+        ({"scales": ()}, "scales"),
+        ({"window": 0}, "window"),
+        ({"window": (8, 8, 8)}, "window"),
+        ({"window": 8, "stride": 9}, "stride"),
+        ({"window": (8, 4), "stride": (4, 5)}, "stride"),
+        ({"window": 8, "stride": 0}, "stride"),
+        ({"stride": 4}, "window"),
+        ({"precision": "fp64"}, "precision"),
     ],
 )
 def test_impossible_options_are_one_line_errors(options, fragment):
+    """One line naming the argument (the command line prints its flag: --slide for window)."""
     with pytest.raises(UserError, match=fragment) as caught:
         atrous.infer(Pointwise(), torch.zeros(1, 3, 8, 8), **options)
-    assert "\n" not in str(caught.value)
+    assert "\n" not in str(caught.value) and "--" not in str(caught.value)
+    assert fragment in caught.value.arguments
 
 
 def test_eval_and_predict_go_through_infer(tmp_path, monkeypatch, tiny_checkpoint):
@@ -256,3 +258,104 @@ def test_eval_and_predict_go_through_infer(tmp_path, monkeypatch, tiny_checkpoin
     predict(model, [str(tmp_path / "a.png")], str(tmp_path / "out"), views=make_views((1.0,), False, 32, 16),
             progress=False)
     assert calls == [(3, 3, 32, 32)], "one row of tiles (30 padded to 32), three columns (0, 16, 18)"
+
+
+def _folding_net() -> nn.Module:
+    from tests.test_torchvision_compat import randomise_batch_norm
+
+    torch.manual_seed(5)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1, bias=False), nn.BatchNorm2d(6), nn.ReLU(),
+                        nn.Conv2d(6, K, 3, padding=1))
+    randomise_batch_norm(net)
+    return net.eval()
+
+
+def _count_folds(monkeypatch) -> list[int]:
+    import importlib
+
+    infer_module = importlib.import_module("atrous.inference.infer")  # (atrous.inference.infer: the function)
+    calls = []
+    fold = infer_module.fold_batch_norm
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return fold(*args, **kwargs)
+
+    monkeypatch.setattr(infer_module, "fold_batch_norm", counted)
+    return calls
+
+
+def test_infer_on_a_plain_model_prepares_it_once(monkeypatch):
+    """atrous.infer(model, x) in a loop: the folded copy is made at the first call only, and
+    gives the same scores as a model prepared by hand."""
+    from atrous.inference.infer import InferenceModel
+
+    net, x = _folding_net(), torch.randn(1, 3, 16, 20)
+    calls = _count_folds(monkeypatch)
+    first = atrous.infer(net, x, precision="bf16")
+    for _ in range(3):
+        assert torch.equal(atrous.infer(net, x, precision="bf16"), first)
+    assert len(calls) == 1
+    assert torch.equal(InferenceModel(net, "bf16")(x), first) and len(calls) == 2, "what prepare would build"
+    atrous.infer(net, x, precision="fp16")  # another precision: its own copy, the first one kept
+    atrous.infer(net, x, precision="bf16")
+    assert len(calls) == 3
+    atrous.infer(net, x, precision="fp32")  # exact: the model itself, nothing folded
+    assert len(calls) == 3
+
+
+def test_training_between_calls_is_seen_by_the_next_infer(monkeypatch):
+    """A few optimizer steps (weights and running statistics change in place), then
+    load_state_dict, then .data replaced: each time the next call folds the new weights,
+    as a fresh fp32 reference of the same model shows."""
+    net, x = _folding_net(), torch.randn(2, 3, 16, 20)
+    calls = _count_folds(monkeypatch)
+    before = atrous.infer(net, x, precision="bf16")
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.5)
+    net.train()
+    for _ in range(3):
+        optimizer.zero_grad()
+        net(x).square().mean().backward()
+        optimizer.step()
+    net.eval()
+    after = atrous.infer(net, x, precision="bf16")
+    assert len(calls) == 2 and not torch.equal(after, before)
+    with torch.no_grad():
+        reference = net(x)
+    assert (after - reference).abs().max() < 0.05 * (1 + reference.abs().max())  # bf16 of the new weights
+    state = {k: v.clone() for k, v in _folding_net().state_dict().items()}
+    net.load_state_dict(state)
+    assert torch.allclose(atrous.infer(net, x, precision="bf16"), before) and len(calls) == 3
+    net[3].bias.data = net[3].bias.data + 1.0  # a new tensor behind the parameter
+    assert torch.allclose(atrous.infer(net, x, precision="bf16"), before + 1.0, atol=0.05) and len(calls) == 4
+    net[0].dilation, net[0].padding = (2, 2), (2, 2)  # a setting, no weight, changed
+    atrous.infer(net, x, precision="bf16")
+    assert len(calls) == 5
+
+
+def test_the_cached_copy_goes_with_the_model():
+    import gc
+    import weakref
+
+    from atrous.inference.infer import _PREPARED
+
+    net = _folding_net()
+    atrous.infer(net, torch.randn(1, 3, 8, 8), precision="bf16")
+    assert net in _PREPARED
+    gone = weakref.ref(net)
+    del net
+    gc.collect()
+    assert gone() is None, "the cache keeps no model alive"
+
+
+def test_a_changed_model_leaves_no_stale_copies():
+    from atrous.inference.infer import _PREPARED
+
+    net, x = _folding_net(), torch.randn(1, 3, 8, 8)
+    atrous.infer(net, x, precision="bf16")
+    atrous.infer(net, x, precision="fp16")
+    assert len(_PREPARED[net]) == 2
+    with torch.no_grad():
+        net[3].bias.add_(1.0)
+    atrous.infer(net, x, precision="bf16")
+    assert list(_PREPARED[net]) == [("bf16", "bf16", "cpu")], "the fp16 copy of the old weights is dropped"

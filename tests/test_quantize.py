@@ -86,14 +86,6 @@ def test_int8_model_agrees_with_fp32_through_infer(int8_file, tiny_checkpoint):
     assert flipped.shape == got.shape
 
 
-@pytest.fixture(scope="module")
-def small_unet():
-    torch.manual_seed(0)
-    model = atrous.create_model("unet", 3, base_channels=8).eval()
-    model.meta = {"class_names": ["a", "b", "c"], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
-    return model
-
-
 def test_fp32_onnx_loads_as_the_same_model(small_unet, tmp_path):
     export_onnx(small_unet, str(tmp_path / "m.onnx"), example_size=(40, 40))
     loaded = atrous.load_checkpoint(str(tmp_path / "m.onnx"))

@@ -79,11 +79,16 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu", *,
     """Rebuild the model saved at `path` (architecture, options, weights, meta); `path` may
     also be a pretrained folder or a Hub repo id (atrous.checkpoints.pretrained). A `.onnx`
     file written by `atrous export` (fp32 or int8) comes back as an onnxruntime-backed
-    model with the same interface and metadata (atrous.checkpoints.onnx_model)."""
+    model with the same interface and metadata (atrous.checkpoints.onnx_model), an OpenVINO
+    IR's `.xml` an OpenVINO-backed one (atrous.checkpoints.openvino_model)."""
     if os.path.splitext(path)[1].lower() == ".onnx":
         from atrous.checkpoints.onnx_model import load_onnx_model
 
         return load_onnx_model(path)
+    if os.path.splitext(path)[1].lower() == ".xml":
+        from atrous.checkpoints.openvino_model import load_openvino_model
+
+        return load_openvino_model(path)
     if os.path.isdir(path) or is_repo_id(path):  # a pretrained folder or a Hub repository
         path = resolve_source(path)
     header = read_checkpoint_header(path)
@@ -111,5 +116,5 @@ def load_checkpoint(path: str, map_location: str | torch.device = "cpu", *,
         try:
             model.set_output_stride(output_stride)
         except ValueError as err:
-            raise UserError(f"--output-stride {output_stride}: {err}") from err
+            raise UserError(f"output_stride {output_stride}: {err}", argument="output_stride") from err
     return model.eval()

@@ -13,52 +13,22 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
-from torch import nn
 
-from atrous.checkpoints.exported import INPUT_NAME, first_line, read_export_metadata
+from atrous.checkpoints.exported import INPUT_NAME, ExportedModel, first_line, read_export_metadata
 from atrous.errors import UserError
-from atrous.models import SegmentationModel
 
 
-class OnnxModel(SegmentationModel):
+class OnnxModel(ExportedModel):
     """`path`'s ONNX graph behind the model interface; `header` is its atrous metadata."""
 
     def __init__(self, path: str, header: dict[str, Any], session: Any) -> None:
-        graph = header.get("export", {})
-        super().__init__(int(graph.get("num_classes") or header["model"]["num_classes"]),
-                         int(graph.get("in_channels") or header["model"].get("in_channels", 3)))
-        self.path = path
-        self.config = dict(header["model"])
-        self.meta = dict(header.get("meta", {}))
-        self.export_info = dict(graph)
+        super().__init__(path, header)
         self.session = session
-        # no weights live in torch; an empty parameter tells the device to code that asks
-        # `next(model.parameters()).device`
-        self.anchor = nn.Parameter(torch.empty(0), requires_grad=False)
 
-    @property
-    def precision(self) -> str:
-        return self.export_info.get("precision", "fp32")
-
-    def forward(self, x: torch.Tensor, return_aux: bool = False) -> torch.Tensor | dict[str, torch.Tensor]:
-        self._check_input(x)
-        size = self.export_info.get("size")
-        if size and list(x.shape[-2:]) != list(size):
-            raise UserError(f"{self.path} takes {size[0]}x{size[1]} images only (a --static export), "
-                            f"got {x.shape[-2]}x{x.shape[-1]}")
-        batches = [x] if not size else list(x.split(1))  # a static graph takes a batch of one
-        inputs = [b.detach().float().contiguous().cpu().numpy() for b in batches]
-        logits = torch.cat([torch.from_numpy(self.session.run(None, {INPUT_NAME: i})[0]) for i in inputs])
-        logits = logits.to(x.device)
-        return {"out": logits} if return_aux else logits
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> OnnxModel:
-        """The session holds no state that running changes: a copy shares it."""
-        return self
-
-    def extra_repr(self) -> str:
-        return f"path={self.path!r}, precision={self.precision}"
+    def run_numpy(self, batch: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {INPUT_NAME: batch})[0]
 
 
 def load_onnx_model(path: str) -> OnnxModel:

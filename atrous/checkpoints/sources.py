@@ -15,7 +15,7 @@ CARD_FILE = "README.md"
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-_FILE_SUFFIXES = (".safetensors", ".onnx", ".pt", ".pth", ".bin", ".ckpt", ".torchscript")
+_FILE_SUFFIXES = (".safetensors", ".onnx", ".xml", ".pt", ".pth", ".bin", ".ckpt", ".torchscript")
 
 
 def is_repo_id(source: str) -> bool:

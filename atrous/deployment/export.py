@@ -1,4 +1,5 @@
-"""Export a model to ONNX or TorchScript, with the checkpoint's metadata inside the file.
+"""Export a model to ONNX or TorchScript, with the checkpoint's metadata inside the file
+(OpenVINO's IR: atrous.deployment.openvino).
 
 Both formats come from one `torch.jit.trace` of the model in eval mode (for ONNX through
 torch's TorchScript-based exporter, `dynamo=False`). The traced graph takes (N, C, H, W)
@@ -9,8 +10,10 @@ width work; the trace is checked against the eager model at other sizes before a
 written. With `dynamic=False` the graph takes exactly (1, C, H, W).
 
 The metadata is the checkpoint header, `{"format", "model", "meta"}`, as JSON: in ONNX under
-the metadata_props key "atrous" (with "class_names", "palette", "mean", "std" and "model" also
-under their own keys for deployers), in TorchScript as the extra file "atrous.json".
+the metadata_props key "atrous" (with "class_names", "palette", "mean", "std", "task" (multiclass:
+softmax over the logits; binary, multilabel: a sigmoid on each), "threshold" (binary and
+multilabel) and "model" also under their own keys for deployers), in TorchScript as the extra
+file "atrous.json".
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ from atrous.errors import UserError
 from atrous.models import SegmentationModel
 from atrous.outputs import write_atomic
 
-FORMATS = ("onnx", "torchscript")
-SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".torchscript": "torchscript"}
+FORMATS = ("onnx", "torchscript", "openvino")
+SUFFIXES = {".onnx": "onnx", ".pt": "torchscript", ".torchscript": "torchscript", ".xml": "openvino"}
 DEFAULT_OPSET = 17
 # 11: Resize with half-pixel coordinates (bilinear, align_corners=False); 20: the newest
 # opset of torch's TorchScript-based exporter
@@ -51,8 +54,8 @@ _CHECK_TOLERANCE = 1e-4
 def format_from_path(path: str) -> str:
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in SUFFIXES:
-        raise UserError(f"cannot tell the export format from '{path}' (use .onnx, .pt or .torchscript, "
-                        "or give --format onnx|torchscript|pretrained)")
+        raise UserError(f"cannot tell the export format from '{path}' (use .onnx, .xml, .pt or .torchscript, "
+                        "or give format onnx|openvino|torchscript|pretrained)", argument="format")
     return SUFFIXES[suffix]
 
 
@@ -87,7 +90,7 @@ def export_onnx(
         raise UserError("ONNX export needs the 'onnx' package: pip install 'atrous[export]'") from err
     opset = DEFAULT_OPSET if opset is None else opset
     if opset not in OPSETS:
-        raise UserError(f"--opset must be between {OPSETS[0]} and {OPSETS[-1]}, got {opset}")
+        raise UserError(f"opset must be between {OPSETS[0]} and {OPSETS[-1]}, got {opset}", argument="opset")
     traced, example = _trace(model, example_size, dynamic=dynamic)
     header = export_header(model, dynamic=dynamic, example_size=example_size)
     axes = {0: "batch", 2: "height", 3: "width"}
@@ -135,11 +138,15 @@ def run_export(
     check_out(checkpoint, out)
     fmt = fmt or format_from_path(out)
     if fmt not in FORMATS:
-        raise UserError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+        raise UserError(f"format must be one of {', '.join(FORMATS)}, got '{fmt}'", argument="format")
+    if fmt == "openvino":  # written by atrous.deployment.openvino.run_export_openvino
+        raise UserError("format openvino is written by atrous.deployment.openvino.run_export_openvino",
+                        argument="format")
     if min(example_size) < 1:
-        raise UserError(f"--height and --width must be at least 1, got {example_size[0]}x{example_size[1]}")
+        raise UserError(f"example_size (height, width) must be at least 1, got {example_size[0]}x{example_size[1]}",
+                        argument=("height", "width"))
     if opset is not None and fmt != "onnx":
-        raise UserError("--opset applies to --format onnx only")
+        raise UserError("opset applies to format onnx only", argument=("opset", "format"))
     make_parent(out)
     model = load_checkpoint(checkpoint)
     if fmt == "onnx":
@@ -150,11 +157,22 @@ def run_export(
 
 
 def check_out(checkpoint: str, out: str) -> None:
-    """--out must name a file that is not the checkpoint."""
+    """`out` must name a file that is not the checkpoint."""
     if os.path.isdir(out):
-        raise UserError(f"--out {out} is a folder; give a file name such as {os.path.join(out, 'model.onnx')}")
+        raise UserError(f"out {out} is a folder; give a file name such as {os.path.join(out, 'model.onnx')}",
+                        argument="out")
     if os.path.abspath(out) == os.path.abspath(checkpoint):
-        raise UserError(f"--out {out} would replace the checkpoint")
+        raise UserError(f"out {out} would replace the checkpoint", argument="out")
+
+
+def check_openvino_out(checkpoint: str, out: str) -> None:
+    """An OpenVINO IR is a .xml and the .bin of the same name: --out must end in .xml, and
+    the .bin must not be the checkpoint."""
+    if os.path.splitext(out)[1].lower() != ".xml":
+        raise UserError(f"format openvino writes a .xml (and the .bin beside it): give out a .xml name, got {out}",
+                        argument=("format", "out"))
+    if os.path.abspath(os.path.splitext(out)[0] + ".bin") == os.path.abspath(checkpoint):
+        raise UserError(f"out {out} would replace the checkpoint with its .bin", argument="out")
 
 
 def make_parent(out: str) -> None:
@@ -199,7 +217,8 @@ def _trace(
             scale = max(1.0, expected.abs().max().item())  # rounding grows with the logits
             if got.shape != expected.shape or (got - expected).abs().max().item() > _CHECK_TOLERANCE * scale:
                 raise UserError(f"model '{name}' traced at {height}x{width} does not give the same logits at "
-                                f"{size[0]}x{size[1]}; export it with --static at the size you need")
+                                f"{size[0]}x{size[1]}; export it with dynamic=False at the size you need",
+                                argument="dynamic")
     return traced, example
 
 
@@ -218,7 +237,8 @@ def _write(model: SegmentationModel, path: str, kind: str, write: Callable[[str]
 def _metadata_props(header: dict[str, Any]) -> dict[str, str]:
     meta = header["meta"]
     props = {"atrous": json.dumps(header), "model": json.dumps(header["model"])}
-    props.update({key: json.dumps(meta[key]) for key in ("class_names", "palette", "mean", "std") if key in meta})
+    props.update({key: json.dumps(meta[key]) for key in ("class_names", "palette", "mean", "std", "task", "threshold")
+                  if key in meta})
     return props
 
 

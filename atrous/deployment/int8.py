@@ -55,7 +55,7 @@ def calibration_images(
     """`count` images of `dataset` spread evenly over it, each (1, C, H, W) float32,
     normalised as the model expects."""
     if count < 1:
-        raise UserError(f"--calibrate-images must be at least 1, got {count}")
+        raise UserError(f"calibrate_images must be at least 1, got {count}", argument="calibrate_images")
     if len(dataset) == 0:
         raise UserError("the calibration dataset has no images")
     normalise = eval_transform(mean, std)
@@ -164,20 +164,23 @@ def run_export_int8(
     """`atrous export --int8`: checks the options, loads `checkpoint`, calibrates on
     `images` images of `dataset`'s training split, writes `out`. Returns the agreement."""
     if not dataset:
-        raise UserError("--int8 needs --calibrate-dataset (the training set whose images set the int8 ranges)")
+        raise UserError("int8 needs calibrate_dataset (the training set whose images set the int8 ranges)",
+                        argument=("int8", "calibrate_dataset"))
     if (fmt or format_from_path(out)) != "onnx":
-        raise UserError("--int8 writes ONNX: give --out a .onnx name (or --format onnx)")
+        raise UserError("int8 writes ONNX or OpenVINO: give out a .onnx or .xml name (or format onnx or openvino)",
+                        argument=("int8", "out", "format"))
     if not dynamic:
-        raise UserError("--int8 writes a graph of free size; drop --static")
+        raise UserError("int8 writes a graph of free size; drop dynamic=False", argument=("int8", "dynamic"))
     _check_method(method)
     if images < 1:
-        raise UserError(f"--calibrate-images must be at least 1, got {images}")
+        raise UserError(f"calibrate_images must be at least 1, got {images}", argument="calibrate_images")
     check_out(checkpoint, out)
     _require_onnx_tools()
     make_parent(out)
     model = load_checkpoint(checkpoint)
     mean, std = normalisation(model.meta)
-    train = build_dataset(dataset, "train", data_root=data_root, num_classes=model.num_classes)
+    train = build_dataset(dataset, "train", data_root=data_root, num_classes=model.num_classes,
+                          task=model.meta.get("task", "multiclass"))
     chosen = calibration_images(train, images, mean, std)
     return export_int8(model, out, chosen, method=method, opset=opset,
                        source=f"{dataset} train, {len(chosen)} of {len(train)} images")
@@ -185,7 +188,8 @@ def run_export_int8(
 
 def _check_method(method: str) -> None:
     if method not in CALIBRATION_METHODS:
-        raise UserError(f"--calibrate-method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'")
+        raise UserError(f"calibrate_method must be one of {', '.join(CALIBRATION_METHODS)}, got '{method}'",
+                        argument="calibrate_method")
 
 
 def _require_onnx_tools() -> Any:
@@ -194,7 +198,8 @@ def _require_onnx_tools() -> Any:
         import onnx
         import onnxruntime  # noqa: F401
     except ImportError as err:
-        raise UserError("--int8 needs onnx and onnxruntime: pip install 'atrous[export]' onnxruntime") from err
+        raise UserError("int8 needs onnx and onnxruntime: pip install 'atrous[export]' onnxruntime",
+                        argument="int8") from err
     return onnx
 
 

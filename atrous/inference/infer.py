@@ -13,7 +13,9 @@ inputs; Cityscapes and ADE20K: sliding windows):
 
 The scores are log(mean over views of the class probabilities), so that their softmax is
 that mean and they feed the CRFs as logits. With a single view they are the model's logits
-(softmax(logits) is then the probability itself).
+(softmax(logits) is then the probability itself). Binary and multilabel models (the task in
+model.meta, atrous.data.tasks) average each output's sigmoid probability instead, and the
+scores are logit(mean) = log(p / (1 - p)), whose sigmoid is that mean.
 
 Precision: "fp32" runs the model as it is (exact). The fast path, "auto" (the default),
 folds batch norm into the convolutions (a copy; atrous.inference.fold) and picks the
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from atrous.data.tasks import probabilities, scores_of_mean, task_of
 from atrous.errors import UserError
 from atrous.inference.fold import fold_batch_norm
 from atrous.runtime.device import eval_mode, resolve_precision
@@ -66,28 +70,28 @@ def make_views(
     thirds of the window (mmsegmentation's configs slide 769-pixel windows by 513)."""
     scales = tuple(float(s) for s in scales)
     if not scales:
-        raise UserError("--scales needs at least one scale")
+        raise UserError("scales needs at least one scale", argument="scales")
     bad = [s for s in scales if not (s > 0 and s < float("inf"))]
     if bad:
-        raise UserError(f"--scales must be positive and finite, got {bad[0]:g}")
+        raise UserError(f"scales must be positive and finite, got {bad[0]:g}", argument="scales")
     if window is None:
         if stride is not None:
-            raise UserError("--stride needs --slide (the window that slides)")
+            raise UserError("stride needs window (the window that slides)", argument=("stride", "window"))
         return Views(scales, bool(flip))
-    window = _pair(window, "--slide")
-    stride = tuple(max(1, (2 * w) // 3) for w in window) if stride is None else _pair(stride, "--stride")
+    window = _pair(window, "window")
+    stride = tuple(max(1, (2 * w) // 3) for w in window) if stride is None else _pair(stride, "stride")
     if stride[0] > window[0] or stride[1] > window[1]:
-        raise UserError(f"--stride {stride[0]} {stride[1]} must not exceed the window {window[0]} {window[1]} "
-                        "(tiles would leave gaps)")
+        raise UserError(f"stride {stride[0]} {stride[1]} must not exceed the window {window[0]} {window[1]} "
+                        "(tiles would leave gaps)", argument="stride")
     return Views(scales, bool(flip), window, stride)
 
 
 def _pair(value: int | Sequence[int], option: str) -> tuple[int, int]:
     values = [value] if isinstance(value, int) else list(value)
     if len(values) not in (1, 2) or not all(isinstance(v, int) for v in values):
-        raise UserError(f"{option} takes one or two whole numbers (height [width]), got {value}")
+        raise UserError(f"{option} takes one or two whole numbers (height [width]), got {value}", argument=option)
     if min(values) < 1:
-        raise UserError(f"{option} must be at least 1 pixel, got {min(values)}")
+        raise UserError(f"{option} must be at least 1 pixel, got {min(values)}", argument=option)
     return (values[0], values[-1])
 
 
@@ -95,14 +99,21 @@ class InferenceModel:
     """A model ready for inference. "fp32" runs the model itself, exactly as `model(x)`.
     Any other precision runs a copy with batch norm folded into the convolutions (the
     user's model untouched), under bf16/fp16 autocast and channels-last when that is the
-    arithmetic. Calling it returns float32 logits on the model's device."""
+    arithmetic. A model run by another engine that sets its own arithmetic (an OpenVINO
+    graph: `model.at_precision(precision)`) runs at the resolved precision through it.
+    Calling it returns float32 logits on the model's device."""
 
     def __init__(self, model: nn.Module, precision: str = "auto") -> None:
         self.device = next(model.parameters()).device
         self.precision = resolve_precision(precision, self.device)  # the arithmetic: fp32, bf16 or fp16
         self.exact = precision == "fp32"
-        self.channels_last = self.precision in _DTYPES
-        if self.exact:
+        self.task = task_of(getattr(model, "meta", None))  # softmax (multiclass) or sigmoids (binary, multilabel)
+        self.channels_last = self.autocast = self.precision in _DTYPES
+        at_precision = getattr(model, "at_precision", None)
+        if at_precision is not None:  # a graph that its engine runs (OpenVINO): the engine does the arithmetic
+            self.network = at_precision(self.precision)
+            self.channels_last = self.autocast = False
+        elif self.exact:
             self.network = model
         else:
             example = _example_input(model, self.device)
@@ -117,7 +128,7 @@ class InferenceModel:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         autocast = (torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
-                    if self.precision in _DTYPES else contextlib.nullcontext())
+                    if self.autocast else contextlib.nullcontext())
         with eval_mode(self.network), autocast:
             return self.network(images).float().contiguous()
 
@@ -134,8 +145,57 @@ def _example_input(model: nn.Module, device: torch.device) -> torch.Tensor | Non
 
 
 def prepare(model: nn.Module | InferenceModel, precision: str = "auto") -> InferenceModel:
-    """`model` ready for many `infer` calls (the copy and conversions are made once)."""
-    return model if isinstance(model, InferenceModel) else InferenceModel(model, precision)
+    """`model` ready for many `infer` calls (the copy and conversions are made once).
+
+    The prepared copy is kept with the model (a weak reference: it goes with the model) and
+    given again while the model is unchanged: the same parameter and buffer tensors, at the
+    same storage, with the same version counters (an optimizer step, `load_state_dict`,
+    `.to()`, a batch norm's running statistics in training mode all advance or replace
+    them), and the same modules with the same settings (`extra_repr`: strides, dilations).
+    A model changed since is prepared anew (its copies of the earlier state dropped). Writes
+    through `tensor.data`, which autograd does not see either, are not seen: prepare such a
+    model with `InferenceModel(model)`."""
+    if isinstance(model, InferenceModel):
+        return model
+    device = next(model.parameters()).device
+    key = (precision, resolve_precision(precision, device), str(device))  # "auto" follows the machine
+    stamp = _stamp(model)
+    cached = {k: v for k, v in _PREPARED.get(model, {}).items() if _same_stamp(v[0], stamp)}  # stale ones go
+    if key in cached:
+        return cached[key][1]
+    prepared = InferenceModel(model, precision)
+    if all(m is not model for m in prepared.network.modules()):  # fp32, exported graphs: the model itself
+        cached[key] = (stamp, prepared)
+    if cached:
+        _PREPARED[model] = cached
+    else:
+        _PREPARED.pop(model, None)
+    return prepared
+
+
+# model -> {(precision asked, precision resolved, device): (its stamp when prepared, the prepared model)}
+_PREPARED: weakref.WeakKeyDictionary[nn.Module, dict[tuple[str, str, str], tuple[list, InferenceModel]]] = (
+    weakref.WeakKeyDictionary())
+
+
+def _stamp(model: nn.Module) -> list[tuple]:
+    """What identifies `model`'s current state, cheaply: per module its name, itself (a weak
+    reference), its settings; per tensor its name, itself, storage and version counter."""
+    stamp: list[tuple] = [(name, weakref.ref(module), module.extra_repr()) for name, module in model.named_modules()]
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        stamp.append((name, weakref.ref(tensor), tensor.data_ptr(), tensor._version))
+    return stamp
+
+
+def _same_stamp(old: list[tuple], new: list[tuple]) -> bool:
+    """The same modules and tensors (the weak references point to the same live objects),
+    the same settings, storages and versions."""
+    if len(old) != len(new):
+        return False
+    for before, now in zip(old, new, strict=True):
+        if before[0] != now[0] or before[2:] != now[2:] or before[1]() is None or before[1]() is not now[1]():
+            return False
+    return True
 
 
 @torch.no_grad()
@@ -151,7 +211,8 @@ def infer(
     tile_batch: int = TILE_BATCH,
 ) -> torch.Tensor:
     """(N, C, H, W) images, normalised as for `model(x)` -> (N, K, H, W) float32 scores on
-    the model's device whose softmax is the class probability averaged over all views.
+    the model's device whose softmax is the class probability averaged over all views
+    (binary and multilabel models: whose sigmoid is each label's averaged probability).
     A model from `prepare()` keeps the precision it was prepared with."""
     views = make_views(scales, flip, window, stride)
     return infer_views(prepare(model, precision), images, views, tile_batch=tile_batch)
@@ -170,15 +231,14 @@ def infer_views(net: InferenceModel, images: torch.Tensor, views: Views, *, tile
         scaled = _resize(images, _scaled_size(size, scale))
         batch = torch.cat([scaled, scaled.flip(-1)]) if views.flip else scaled
         if views.window is None:
-            probs = torch.softmax(net(batch), dim=1)
+            probs = probabilities(net(batch), net.task)
         else:
             probs = _slide(net, batch, views.window, views.stride, tile_batch)
         if views.flip:
             probs = probs[: len(images)] + probs[len(images) :].flip(-1)
         probs = _resize(probs, size)
         total = probs if total is None else total + probs
-    mean = total / views.count
-    return torch.log(mean.clamp_min(torch.finfo(mean.dtype).tiny))
+    return scores_of_mean(total / views.count, net.task)
 
 
 def _scaled_size(size: torch.Size, scale: float) -> tuple[int, int]:
@@ -200,6 +260,22 @@ def tile_starts(length: int, window: int, stride: int) -> list[int]:
     return starts + [length - window]
 
 
+def tile_coverage(length: int, window: int, stride: int) -> torch.Tensor:
+    """(length,) float32: how many tiles of `tile_starts` cover each position. The tiles of
+    an image form a grid, so a pixel's count is its row's times its column's."""
+    count = torch.zeros(length)
+    for start in tile_starts(length, window, stride):
+        count[start : start + window] += 1
+    return count
+
+
+def tile_probabilities(net: InferenceModel, crops: torch.Tensor) -> torch.Tensor:
+    """(T, C, h, w) normalised tiles -> (T, K, h, w) their probabilities, what the sliding
+    windows average (here and in atrous.inference.scene): the softmax over the classes, each
+    logit's sigmoid for a binary or multilabel model (`net.task`)."""
+    return probabilities(net(crops), net.task)
+
+
 def _slide(
     net: InferenceModel, images: torch.Tensor, window: tuple[int, int], stride: tuple[int, int], tile_batch: int
 ) -> torch.Tensor:
@@ -210,15 +286,13 @@ def _slide(
     padded = F.pad(images, (0, max(win_w - width, 0), 0, max(win_h - height, 0)))  # zeros: the mean colour
     pad_h, pad_w = padded.shape[-2:]
     corners = [(top, left) for top in tile_starts(pad_h, win_h, stride[0]) for left in tile_starts(pad_w, win_w, stride[1])]
-    count = torch.zeros(pad_h, pad_w, device=images.device)
-    for top, left in corners:
-        count[top : top + win_h, left : left + win_w] += 1
+    count = (tile_coverage(pad_h, win_h, stride[0])[:, None] * tile_coverage(pad_w, win_w, stride[1])).to(images.device)
     tiles = [(index, top, left) for index in range(len(images)) for top, left in corners]
     total: torch.Tensor | None = None  # (B, K, pad_h, pad_w)
     for first in range(0, len(tiles), max(1, tile_batch)):
         chunk = tiles[first : first + max(1, tile_batch)]
         crops = torch.stack([padded[i, :, t : t + win_h, c : c + win_w] for i, t, c in chunk])
-        probs = torch.softmax(net(crops), dim=1)  # (T, K, win_h, win_w)
+        probs = tile_probabilities(net, crops)  # (T, K, win_h, win_w)
         if total is None:
             total = probs.new_zeros(len(images), probs.shape[1], pad_h, pad_w)
         for (i, t, c), tile in zip(chunk, probs, strict=True):
