@@ -4,6 +4,7 @@
     model = atrous.create_model("deeplab_v3plus", num_classes=11, backbone="resnet50")
     logits = model(images)  # (N, 11, H, W) for any H, W
     scores = atrous.infer(model, images, scales=(0.75, 1.0, 1.25), flip=True)  # averaged views
+    x = atrous.normalise_for(model, atrous.data.read_image("tile.tif"))  # as the model was trained
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ _LAZY = {
     "push_to_hub": "atrous.checkpoints",
     "from_torchvision": "atrous.models.torchvision_compat",
     "infer": "atrous.inference.infer",
+    "normalise_for": "atrous.checkpoints.meta",
     "evaluate": "atrous.inference.evaluate",
 }
 _LAZY_MODULES = ("crf", "metrics", "data", "layers", "backbones", "losses", "options", "checkpoints", "training",
@@ -52,6 +54,7 @@ __all__ = [
     "list_models",
     "load_checkpoint",
     "load_weights",
+    "normalise_for",
     "push_to_hub",
     "save_checkpoint",
     "save_pretrained",

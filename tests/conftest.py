@@ -82,6 +82,20 @@ def small_config(out: Path, **overrides):
     return TrainConfig(**values)
 
 
+@pytest.fixture(scope="module")
+def small_unet():
+    """An untrained 3-class U-Net of 8 base channels with class names and a normalisation:
+    what the export tests export (ONNX, OpenVINO) and compare against."""
+    import torch
+
+    import atrous
+
+    torch.manual_seed(0)
+    model = atrous.create_model("unet", 3, base_channels=8).eval()
+    model.meta = {"class_names": ["a", "b", "c"], "mean": [0.5, 0.4, 0.3], "std": [0.2, 0.25, 0.3]}
+    return model
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """A deeplab_v3plus/resnet18 trained for a few iterations on 64x64 synthetic scenes."""

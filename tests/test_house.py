@@ -34,7 +34,7 @@ FLOORS = {
     "losses": {"errors", "registry"},
     "backbones": {"layers"},
     "models": {"backbones", "layers", "registry"},
-    "checkpoints": {"models", "data", "errors", "outputs"},
+    "checkpoints": {"backbones", "models", "data", "errors", "outputs"},
     "inference": {"checkpoints", "crf", "data", "errors", "metrics", "models", "options", "outputs", "runtime"},
     "deployment": {"checkpoints", "data", "errors", "models", "outputs"},
     "training": {"checkpoints", "crf", "data", "errors", "inference", "losses", "models", "options", "outputs",
@@ -202,7 +202,7 @@ def test_help_shows_each_default_once(capsys):
     (["--optimizer", "adam"], "--optimizer: unknown optimizer 'adam'; choose one of: sgd, adamw"),
     (["--loss", "hinge"], "--loss: unknown loss 'hinge'; choose one of: ce,"),
     (["--loss", "focal", "--loss-opt", "gamma=nan"], "--loss-opt gamma must be a finite number"),
-    (["--loss", "focal", "--loss-opt", "beta=1"], "loss 'focal' has no such option (its options: gamma)"),
+    (["--loss", "focal", "--loss-opt", "beta=1"], "loss 'focal' has no such option (its options: gamma, alpha)"),
     (["--loss-opt", "smoothing=1.5"], "--loss-opt smoothing must be in [0, 1), got 1.5"),
 ])
 def test_bad_numbers_and_choices_are_refused_in_one_line(tmp_path, capsys, flags, message):
@@ -259,11 +259,12 @@ def test_finite_and_range_checks_come_from_the_declaration():
     from atrous.training import TrainConfig
 
     for bad in (math.nan, math.inf, -math.inf):
-        with pytest.raises(UserError, match="--scale-max must be a finite number"):
+        with pytest.raises(UserError, match="^scale_max must be a finite number") as caught:
             check_options(TrainConfig(scale_max=bad))
-    with pytest.raises(UserError, match="--crop-size must be a whole number, got 1.5"):
+        assert caught.value.arguments == ("scale_max",)
+    with pytest.raises(UserError, match="^crop_size must be a whole number, got 1.5"):
         check_options(TrainConfig(crop_size=1.5))
-    with pytest.raises(UserError, match="--flip must be true or false"):
+    with pytest.raises(UserError, match="^flip must be true or false"):
         check_options(TrainConfig(flip="yes"))
     with pytest.raises(UserError, match="std must be greater than 0"):
         check_options(TrainConfig(std=(0.2, 0.0, 0.2)))
@@ -341,3 +342,93 @@ def test_each_option_is_declared_once_across_the_tool():
     assert drifted == set(MEANS_ONE_THING_PER_COMMAND), sorted(drifted ^ set(MEANS_ONE_THING_PER_COMMAND))
     for shared in ("device", "data_root", "num_classes", "synthetic_size", "progress"):
         assert len(specs[shared]) == 1, shared
+
+
+# --- the library speaks Python, the command line speaks flags -----------------------------------
+
+# a raise below commands/ whose message names a flag, with why (empty: none may)
+FLAG_IN_LIBRARY_ERROR: dict[str, str] = {}
+
+
+def _raised_texts(node: ast.Raise) -> list[str]:
+    """The string pieces of a raise's exception: literals and the literal parts of f-strings."""
+    return [c.value for c in ast.walk(node.exc) if isinstance(c, ast.Constant) and isinstance(c.value, str)]
+
+
+def test_library_errors_name_arguments_not_flags():
+    """Below commands/ and cli.py an error names the argument as Python spells it
+    (`crop_size`), listed in the error's `argument=`; cli.py writes it as the flag."""
+    import re
+
+    flag = re.compile(r"(?<![\w-])--[A-Za-z]")
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        relative = path.relative_to(PACKAGE).as_posix()
+        if relative.startswith("commands/") or relative == "cli.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Raise) and node.exc is not None and any(flag.search(text) for text in _raised_texts(node)):
+                where = f"{relative}:{node.lineno}"
+                if where not in FLAG_IN_LIBRARY_ERROR:
+                    found.append(f"{where}: {ast.unparse(node.exc)[:100]}")
+    assert not found, "name the argument, not its flag (UserError(..., argument=NAME)):\n" + "\n".join(found)
+
+
+def test_the_scan_for_flags_in_errors_sees_f_strings():
+    tree = ast.parse('raise UserError(f"--crop-size must be at least {n}")\nraise UserError("crop_size: x")')
+    raises = [node for node in ast.walk(tree) if isinstance(node, ast.Raise)]
+    assert [any("--crop" in text for text in _raised_texts(node)) for node in raises] == [True, False]
+
+
+def test_one_user_error_type_caught_once_by_the_command_line():
+    """Data errors and unknown names are UserErrors; cli.py catches UserError in one place."""
+    from atrous.data import DataError
+    from atrous.errors import UserError
+    from atrous.registry import UnknownName
+
+    assert issubclass(DataError, UserError) and issubclass(UnknownName, UserError)
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    caught = [ast.unparse(handler.type) for handler in ast.walk(tree)
+              if isinstance(handler, ast.ExceptHandler) and handler.type is not None]
+    assert caught.count("UserError") == 1 and not [c for c in caught if "DataError" in c], caught
+
+
+def test_the_command_line_writes_the_arguments_an_error_names_as_flags():
+    from atrous.cli import as_flags
+
+    assert as_flags("crop_size must be at least 32, got 8", ("crop_size",), "train") == \
+        "--crop-size must be at least 32, got 8"
+    # the first appearance only: a choice error names the option, then the kind of thing
+    assert as_flags("loss: unknown loss 'x'", ("loss",), "train") == "--loss: unknown loss 'x'"
+    # a bool's value picks its flag; a path is left alone; a name the command lacks stays
+    assert as_flags("export it with dynamic=False", ("dynamic",), "export") == "export it with --static"
+    assert as_flags("/runs/out/model.safetensors exists; choose another out", ("out",), "train") == \
+        "/runs/out/model.safetensors exists; choose another --out"
+    assert as_flags("lr must be positive", ("lr",), "predict") == "lr must be positive"
+    assert as_flags("loss_options alpha must be in [0, 1]", ("loss_options",), "train") == \
+        "--loss-opt alpha must be in [0, 1]"
+
+
+def test_a_library_error_keeps_its_arguments_through_pickle():
+    import pickle
+
+    from atrous.data import DataError
+
+    err = pickle.loads(pickle.dumps(DataError("data_root x not found", argument="data_root")))
+    assert isinstance(err, DataError) and isinstance(err, ValueError)
+    assert err.arguments == ("data_root",) and str(err) == "data_root x not found"
+
+
+def test_a_library_error_read_from_python_names_the_argument(tmp_path, capsys):
+    """The same mistake: from Python the argument's name, from the command line its flag."""
+    from atrous.data import build_dataset
+    from atrous.errors import UserError
+
+    with pytest.raises(UserError) as caught:
+        build_dataset("synthetic", "train", synthetic_size=8)
+    assert str(caught.value) == "synthetic_size must be at least 32, got 8"
+    assert caught.value.arguments == ("synthetic_size",)
+    code = main(["train", "--model", "unet", "--dataset", "synthetic", "--synthetic-size", "8",
+                 "--out", str(tmp_path / "run"), "--iters", "1", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--synthetic-size must be at least" in err and "synthetic_size" not in err, err

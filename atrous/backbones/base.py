@@ -26,6 +26,32 @@ class Backbone(nn.Module):
         raise NotImplementedError
 
 
+def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """A first convolution's weights (O, C, k, k), trained on C bands (RGB), for `in_channels`
+    bands, as timm and smp adapt them: one band takes the sum of the C filters; otherwise the
+    filters repeat over the bands (band i gets filter i mod C) and are scaled by C / in_channels,
+    so that an image made of the C bands repeated gives the C-band network's activations."""
+    if in_channels == weight.shape[1]:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // weight.shape[1])  # ceil
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+def adapt_first_conv(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> str | None:
+    """Adapt, in `state`, the model's first convolution (the first 4-D weight of `own`) when its
+    weights were trained on another number of bands; returns its name when it was adapted."""
+    first = next((key for key, value in own.items() if value.ndim == 4), None)
+    tensor, target = state.get(first), own.get(first)
+    if tensor is None or target is None or tensor.ndim != 4 or tensor.shape == target.shape:
+        return None
+    if tensor.shape[0] != target.shape[0] or tensor.shape[2:] != target.shape[2:]:
+        return None  # another layer altogether: left to the shape check
+    state[first] = adapt_input_conv(tensor, target.shape[1])
+    return first
+
+
 def load_weights_file(module: nn.Module, path: str, *, strict_prefixes: Sequence[str] = ()) -> None:
     """Load a local .safetensors / .pth state dict into `module`, ignoring keys that belong
     to a classifier head the backbone does not have; fail on anything else that is off."""
@@ -43,6 +69,7 @@ def load_weights_file(module: nn.Module, path: str, *, strict_prefixes: Sequence
             state = state["state_dict"]
     own = module.state_dict()
     usable = {k: v for k, v in state.items() if k in own}
+    adapt_first_conv(usable, own)  # RGB weights for a model of other bands
     if not usable:
         raise ValueError(f"pretrained_backbone {path}: no tensor names match this backbone")
     bad = [k for k, v in usable.items() if v.shape != own[k].shape]

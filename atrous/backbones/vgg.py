@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from atrous.backbones.base import Backbone, load_weights_file
+from atrous.backbones.base import Backbone, adapt_first_conv, load_weights_file
 from atrous.layers import keep_init
 
 VGG16_STAGES: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (256, 3), (512, 3), (512, 3))
@@ -80,7 +80,9 @@ class VGG16(Backbone):
 
         weights = VGG16_BN_Weights.IMAGENET1K_V1 if self.batch_norm else VGG16_Weights.IMAGENET1K_V1
         state = weights.get_state_dict(progress=True)
-        self.load_state_dict({k: v for k, v in state.items() if k.startswith("features.")})
+        usable = {k: v for k, v in state.items() if k.startswith("features.")}
+        adapt_first_conv(usable, self.state_dict())  # RGB weights for a model of other bands
+        self.load_state_dict(usable)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         outputs: list[torch.Tensor] = []

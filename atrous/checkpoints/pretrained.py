@@ -124,9 +124,10 @@ def model_card(config: dict[str, Any]) -> str:
         (", ".join(f"`{k}={v!r}`" for k, v in (model.get("options") or {}).items()) or "no other options") + ".", "",
         *_classes(meta, metrics.get("per_class_iou")),
         f"Void label: {meta.get('ignore_index', 255)}.", "",
+        *_task(meta),
         "## Input", "",
-        f"RGB images scaled to 0-1, then normalised with mean {meta.get('mean')} and std {meta.get('std')}; "
-        "any height and width (the model pads and crops internally).", "",
+        f"{_input_kind(model.get('in_channels', 3))}, then normalised with mean {meta.get('mean')} and std "
+        f"{meta.get('std')} per band; any height and width (the model pads and crops internally).", "",
         *_training(config.get("training"), meta),
         *_evaluation(metrics),
     ]
@@ -140,6 +141,17 @@ def model_card(config: dict[str, Any]) -> str:
               "atrous train --init-from THIS_FOLDER_OR_REPO_ID --dataset folder --data-root my_data ...  # fine-tune",
               "```", ""]
     return "\n".join(lines)
+
+
+def _task(meta: dict[str, Any]) -> list[str]:
+    """What the outputs mean, for binary and multilabel models (a multiclass card says nothing new)."""
+    task = meta.get("task", "multiclass")
+    if task == "multiclass":
+        return []
+    what = ("one logit, its sigmoid the foreground's probability" if task == "binary"
+            else "one logit per label, each its own sigmoid (labels may overlap)")
+    return [f"**Task**: {task}: {what}; a pixel has a label where its probability exceeds "
+            f"{meta.get('threshold', 0.5)} (`torch.sigmoid(scores) > threshold`, not `argmax`).", ""]
 
 
 def _stride(config: dict[str, Any]) -> str:
@@ -186,3 +198,10 @@ def _evaluation(metrics: dict[str, Any]) -> list[str]:
         lines.append(f"| {key} | {100 * value:.2f} % |" if isinstance(value, float) and 0 <= value <= 1
                      else f"| {key} | {value} |")
     return [*lines, ""]
+
+
+def _input_kind(bands: int) -> str:
+    """How the images the model takes are scaled before the normalisation (atrous.data.normalise)."""
+    if bands == 3:
+        return "RGB images: 8-bit photographs scaled to 0-1 (16-bit or float RGB as stored)"
+    return f"{bands}-band images, values as stored (8-bit images of other band counts too)"

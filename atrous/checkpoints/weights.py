@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from atrous.backbones.base import adapt_first_conv
 from atrous.checkpoints.sources import resolve_source
 from atrous.errors import UserError
 from atrous.models import SegmentationModel, model_family
@@ -30,6 +31,7 @@ class LoadReport:
     matched: list[str] = field(default_factory=list)
     reinitialised: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    adapted: list[str] = field(default_factory=list)  # the first convolution, from the source's bands to the model's
     unused: list[str] = field(default_factory=list)
     prefix: str = ""  # the model prefix the source's names were matched under ("" = as named)
 
@@ -39,7 +41,8 @@ class LoadReport:
             return f" ({', '.join(names[:3])}{', ...' if len(names) > 3 else ''})" if names else ""
 
         where = f" under '{self.prefix}'" if self.prefix else ""
-        return (f"weights from {self.source}{where}: {len(self.matched)} tensors matched, "
+        bands = f" (first convolution adapted to the model's bands: {self.adapted[0]})" if self.adapted else ""
+        return (f"weights from {self.source}{where}: {len(self.matched)} tensors matched{bands}, "
                 f"{len(self.reinitialised)} re-initialised{some(self.reinitialised)}, "
                 f"{len(self.missing)} kept the model's initialisation{some(self.missing)}, "
                 f"{len(self.unused)} unused{some(self.unused)}")
@@ -111,10 +114,15 @@ def load_weights(model: SegmentationModel, source: str, *, strict: bool = False)
     name = (model.config or {}).get("name")
     if header is not None and name and not same_family(header["model"]["name"], name):
         raise UserError(f"{source} holds a '{header['model']['name']}' model, not '{name}'; "
-                        "--init-from needs the same architecture or its family (fcn32s -> fcn16s -> fcn8s)")
+                        "init_from needs the same architecture or its family (fcn32s -> fcn16s -> fcn8s)",
+                        argument="init_from")
     own = model.state_dict()
     prefix = "" if any(k in own for k in state) else _best_prefix(own, state)
     report = LoadReport(source=source, prefix=prefix)
+    state = {prefix + k: v for k, v in state.items()}
+    adapted = adapt_first_conv(state, own)  # weights of a model of other bands: its first convolution adapted
+    report.adapted = [adapted] if adapted else []
+    state = {k.removeprefix(prefix): v for k, v in state.items()}
     merged = dict(own)
     for key, tensor in state.items():
         target = prefix + key

@@ -16,6 +16,7 @@ COMMANDS = {
     "serve": "serve",
     "demo": "demo",
     "plot": "plot",
+    "data": "data",
 }
 
 

@@ -6,11 +6,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from atrous.checkpoints import load_checkpoint, palette_of
-from atrous.checkpoints.onnx_model import OnnxModel
+from atrous.checkpoints.exported import ExportedModel
 from atrous.commands.inference_options import CrfOptions, ViewOptions
 from atrous.data import build_dataset, list_datasets
-from atrous.data.options import DatasetOptions
+from atrous.data.options import DatasetOptions, ThresholdOptions
+from atrous.data.tasks import task_of
 from atrous.errors import UserError
+from atrous.inference.engines import on_engine
 from atrous.inference.evaluate import FirstItems, evaluate, format_table
 from atrous.inference.plots import RANK_BY, WorstImages, require_matplotlib, write_eval_plots
 from atrous.inference.refinement import build_crf
@@ -25,8 +27,8 @@ HELP = "evaluate a checkpoint: per-class table and summary metrics"
 
 
 @dataclass(kw_only=True)
-class EvalOptions(ViewOptions, CrfOptions, DatasetOptions, DeviceOptions, ProgressOptions):
-    checkpoint: str = option(help="a checkpoint (.safetensors), or an .onnx file from atrous export")
+class EvalOptions(ViewOptions, CrfOptions, DatasetOptions, ThresholdOptions, DeviceOptions, ProgressOptions):
+    checkpoint: str = option(help="a checkpoint (.safetensors), or an .onnx or OpenVINO .xml file from atrous export")
     dataset: str = option(help="the dataset", choices=list_datasets)
     split: str = option("val", "the split evaluated")
     max_images: int | None = option(None, "evaluate on the first N images only", ge=1)
@@ -72,24 +74,32 @@ def _evaluate(opts: EvalOptions) -> tuple[dict[str, Any], WorstImages | None, An
     """The metrics; with --plots, the worst images (this process's share under torchrun) and
     the palette too."""
     views = opts.views()
-    model = load_model(opts.checkpoint, opts.device, opts.output_stride)
+    model = on_engine(load_model(opts.checkpoint, opts.device, opts.output_stride), opts.engine, opts.precision)
+    task = task_of(model.meta)  # the dataset's masks are read for the model's task
+    if task != "multiclass" and (opts.plots or opts.trimap):
+        raise UserError(f"--plots and --trimap are for multiclass models; {opts.checkpoint} is a {task} model")
     dataset = build_dataset(opts.dataset, opts.split, data_root=opts.data_root, num_classes=opts.num_classes,
-                            synthetic_size=opts.synthetic_size)
+                            synthetic_size=opts.synthetic_size, task=task)
     info = dataset.info
     if opts.max_images is not None:
         dataset = FirstItems(dataset, opts.max_images)
     if info.num_classes != model.num_classes:
-        raise UserError(f"{opts.checkpoint} predicts {model.num_classes} classes but dataset {opts.dataset} "
+        what = "classes" if task == "multiclass" else "labels"
+        raise UserError(f"{opts.checkpoint} predicts {model.num_classes} {what} but dataset {opts.dataset} "
                         f"has {info.num_classes}")
+    bands = dataset[0][0].shape[0] if len(dataset) else None
+    if bands is not None and bands != getattr(model, "in_channels", bands):
+        raise UserError(f"{opts.checkpoint} takes {model.in_channels}-band images but the images of dataset "
+                        f"{opts.dataset} have {bands} bands")
     crf = build_crf(opts.crf, model, opts.crf_params)
     worst = WorstImages(opts.plots_worst, model.num_classes, info.ignore_index, opts.plots_by) if opts.plots else None
     metrics = evaluate(model, dataset, batch_size=opts.batch_size, precision=opts.precision, views=views, crf=crf,
                        trimap_widths=opts.trimap, progress=opts.progress, confusion_matrix=bool(opts.plots),
-                       on_batch=worst)
+                       on_batch=worst, threshold=opts.threshold)
     metrics["checkpoint"] = opts.checkpoint
     metrics["crf"] = opts.crf
-    # an exported .onnx graph computes in its own precision (int8 or fp32), whatever --precision says
-    precision = model.precision if isinstance(model, OnnxModel) else opts.precision
+    # an exported graph may compute in its own precision (int8, or fp32 in onnxruntime), whatever --precision says
+    precision = model.precision_run(opts.precision) if isinstance(model, ExportedModel) else opts.precision
     metrics["inference"] = {"precision": precision, "scales": list(views.scales), "flip": views.flip,
                             "window": views.window, "stride": views.stride,
                             "output_stride": (model.config or {}).get("output_stride")}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from atrous.inference.engines import engine_option
 from atrous.inference.infer import Views, make_views
 from atrous.inference.refinement import CRF_KINDS
 from atrous.options import option
@@ -13,10 +14,11 @@ from atrous.runtime.device import PRECISIONS
 
 @dataclass(kw_only=True)
 class ViewOptions:
-    """How atrous.infer runs the model: precision, scales, flips, sliding windows."""
+    """How atrous.infer runs the model: precision, engine, scales, flips, sliding windows."""
 
     precision: str = option("auto", "auto: batch norm folded, bf16 + channels-last where the CPU has native bf16 "
                             "and on CUDA, fp32 elsewhere; fp32: the model exactly as trained", choices=PRECISIONS)
+    engine: str = engine_option()  # torch, openvino, onnxruntime or auto (atrous.inference.engines)
     scales: list[float] = option(factory=lambda: [1.0], help="average over the input resized by each scale, "
                                  "e.g. 0.5 0.75 1.0 1.25 1.5 1.75", nargs="+", metavar="S", gt=0)
     flip: bool = option(False, "also average over the left-right mirrored input")

@@ -13,6 +13,7 @@ from atrous.runtime.distributed import is_main_process
 from atrous.training import TrainConfig, train
 from atrous.training.config import RESUME_INHERITS, RESUME_MAY_CHANGE
 from atrous.training.state import STATE_FILE
+from atrous.training.trainer import metrics_key
 
 HELP = "train a model; writes DIR/model.safetensors and DIR/metrics.json"
 Options = TrainConfig
@@ -65,7 +66,7 @@ def run(cfg: TrainConfig) -> int:
           f"-> {cfg.out}/model.safetensors")
     if summary.get("stopped"):  # finished early
         print(summary["stopped"])
-    metrics = result.get(cfg.eval_split or "val")
+    metrics = result.get(metrics_key(cfg.eval_split))
     if metrics:
         print(format_table(metrics))
     if result.get("best"):

@@ -20,7 +20,13 @@ from atrous.data.registry import (
     register_dataset,
 )
 from atrous.data.synthetic import SYNTHETIC_INFO, SyntheticScenes
-from atrous.data.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
+from atrous.data.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_transform,
+    normalise,
+    train_transform,
+)
 from atrous.data.voc import VOC_AUG_INFO, VOC_INFO, VOCAug, VOCSegmentation
 
 # every module of this package is imported, so that each dataset registers itself: a new
@@ -63,6 +69,7 @@ __all__ = [
     "default_palette",
     "eval_transform",
     "median_frequency_weights",
+    "normalise",
     "read_image",
     "read_mask",
     "train_transform",

@@ -63,7 +63,7 @@ class CamVid(torch.utils.data.Dataset):
         sources, keep = SEQUENCE_SPLITS.get(split, ((split,), None))
         listings = [os.path.join(root, f"{source}.txt") for source in sources]
         if not os.path.isdir(root):
-            raise DataError(f"CamVid folder not found: {root} (pass --data-root)")
+            raise DataError(f"CamVid folder not found: {root} (give data_root)", argument="data_root")
         for listing in listings:
             if not os.path.isfile(listing):
                 raise DataError(f"CamVid split file not found: {listing}")

@@ -108,8 +108,8 @@ class Cityscapes(PairedFiles):
 
 def _pairs(image_root: str, label_root: str) -> list[tuple[str, str]]:
     """Every <city>/*_leftImg8bit.png under image_root with its labelIds file, sorted."""
-    require_folder(image_root, "Cityscapes image", "expected leftImg8bit/<split>/<city>/ under --data-root")
-    require_folder(label_root, "Cityscapes label", "expected gtFine/<split>/<city>/ under --data-root")
+    require_folder(image_root, "Cityscapes image", "expected leftImg8bit/<split>/<city>/ under data_root")
+    require_folder(label_root, "Cityscapes label", "expected gtFine/<split>/<city>/ under data_root")
     items = []
     for city in sorted(os.listdir(image_root)):
         city_dir = os.path.join(image_root, city)

@@ -36,7 +36,7 @@ class ISBI2012(torch.utils.data.Dataset):
 
     def __init__(self, root: str, split: str = "train") -> None:
         if not os.path.isdir(root):
-            raise DataError(f"ISBI 2012 folder not found: {root} (pass --data-root)")
+            raise DataError(f"ISBI 2012 folder not found: {root} (give data_root)", argument="data_root")
         if split not in ISBI_SPLITS:
             raise DataError(f"isbi2012 has no '{split}' split; choose one of: {', '.join(ISBI_SPLITS)}")
         self.root = root

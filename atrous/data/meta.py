@@ -9,13 +9,16 @@ IGNORE_INDEX = 255
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What a dataset declares: its name, class names and one RGB colour per class."""
+    """What a dataset declares: its name, class names and one RGB colour per class; for the
+    binary and multilabel tasks (atrous.data.tasks) the names are those of the labels, one per
+    model output (binary: the foreground alone)."""
 
     name: str
     class_names: tuple[str, ...]
     palette: tuple[tuple[int, int, int], ...]
     ignore_index: int = IGNORE_INDEX
     extra: dict = field(default_factory=dict)
+    task: str = "multiclass"  # multiclass (one class per pixel), binary or multilabel
 
     def __post_init__(self) -> None:
         if len(self.class_names) != len(self.palette):

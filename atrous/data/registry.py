@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from atrous.data.io import DataError
+from atrous.data.tasks import check_task, for_task
 from atrous.registry import Registry
 
 SHARED_DATA = os.path.join("..", "shared", "data")  # beside the project
@@ -60,18 +61,23 @@ def build_dataset(
     num_classes: int | None = None,
     synthetic_size: int = 128,
     synthetic_length: int | None = None,
+    task: str = "multiclass",
     **options: Any,
 ) -> torch.utils.data.Dataset:
-    """A dataset by name; each has `.info` (a DatasetInfo)."""
+    """A dataset by name; each has `.info` (a DatasetInfo). `task` (atrous.data.tasks): how its
+    masks are read; a builder that takes `task` reads them itself, and a two-class dataset
+    serves the binary task as it is (class 1 the foreground)."""
     entry = _entry(name)
-    given = dict(num_classes=num_classes, synthetic_size=synthetic_size, synthetic_length=synthetic_length, **options)
+    given = dict(num_classes=num_classes, synthetic_size=synthetic_size, synthetic_length=synthetic_length,
+                 task=check_task(task), **options)
     accepted = _accepted(entry.build, given)
     if entry.root == NO_ROOT:
-        return entry.build(split, **accepted)
+        return for_task(entry.build(split, **accepted), task, name)
     root = data_root or default_root(name)
     if root is None:
-        raise DataError(f"--dataset {name} needs --data-root DIR{f' ({entry.needs})' if entry.needs else ''}")
-    return entry.build(root, split, **accepted)
+        raise DataError(f"dataset {name} needs data_root DIR{f' ({entry.needs})' if entry.needs else ''}",
+                        argument=("dataset", "data_root"))
+    return for_task(entry.build(root, split, **accepted), task, name)
 
 
 def _accepted(build: Builder, options: dict[str, Any]) -> dict[str, Any]:

@@ -36,6 +36,11 @@ SYNTHETIC_INFO = DatasetInfo(
     ),
 )
 GROUND, ROAD, WATER, CAR, BOAT, POLE, BALL = range(7)
+# the labels of the binary and multilabel tasks, each a set of the scene's classes; they overlap:
+# a boat is a vehicle and on water, a car a vehicle and man-made
+SYNTHETIC_LABELS = {"vehicle": (CAR, BOAT), "on_water": (WATER, BOAT), "man_made": (ROAD, CAR, POLE),
+                    "ball": (BALL,)}
+SYNTHETIC_LABEL_COLOURS = ((220, 40, 40), (40, 90, 200), (128, 128, 128), (60, 200, 60))
 _SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
 
@@ -76,7 +81,7 @@ class SyntheticScenes(torch.utils.data.Dataset):
         if split not in _SPLIT_SEEDS:
             raise DataError(f"synthetic split must be one of {list(_SPLIT_SEEDS)}, got '{split}'")
         if size < 32:
-            raise DataError(f"--synthetic-size must be at least 32, got {size}")
+            raise DataError(f"synthetic_size must be at least 32, got {size}", argument="synthetic_size")
         self.split = split
         self.size = size
         self.seed = seed
@@ -189,7 +194,32 @@ def _pole(rng: np.random.Generator, draw_img: ImageDraw.ImageDraw, draw_mask: Im
     draw_mask.line(bar, fill=POLE, width=max(1, width - 1))
 
 
+class SyntheticLabels(torch.utils.data.Dataset):
+    """The scenes for the binary task (the vehicles: cars and boats) or the multilabel task
+    (the overlapping labels of SYNTHETIC_LABELS), their masks int64 (H, W) or (K, H, W) of 0/1."""
+
+    def __init__(self, scenes: SyntheticScenes, task: str) -> None:
+        names = ("vehicle",) if task == "binary" else tuple(SYNTHETIC_LABELS)
+        colours = SYNTHETIC_LABEL_COLOURS[: len(names)]
+        self.scenes, self.task = scenes, task
+        self.info = DatasetInfo("synthetic", names, colours, task=task)
+        self.table = torch.zeros(len(names), len(SYNTHETIC_INFO.class_names), dtype=torch.int64)
+        for label, name in enumerate(names):
+            self.table[label, list(SYNTHETIC_LABELS[name])] = 1
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, classes = self.scenes[index]
+        planes = self.table[:, classes]  # (K, H, W)
+        return image, planes[0] if self.task == "binary" else planes
+
+
 @register_dataset("synthetic", root=NO_ROOT)
-def build_synthetic(split: str, *, synthetic_size: int = 128, synthetic_length: int | None = None) -> SyntheticScenes:
-    """The synthetic scenes (`--synthetic-size`, `--synthetic-length`); no files needed."""
-    return SyntheticScenes(split, size=synthetic_size, length=synthetic_length)
+def build_synthetic(split: str, *, synthetic_size: int = 128, synthetic_length: int | None = None,
+                    task: str = "multiclass") -> torch.utils.data.Dataset:
+    """The synthetic scenes (`--synthetic-size`, `--synthetic-length`); no files needed. For the
+    binary and multilabel tasks, labels made of the scenes' classes (SyntheticLabels)."""
+    scenes = SyntheticScenes(split, size=synthetic_size, length=synthetic_length)
+    return scenes if task == "multiclass" else SyntheticLabels(scenes, task)

@@ -1,7 +1,9 @@
 """Joint transforms: each takes and returns the (image, mask) pair, with an explicit
 `numpy.random.Generator` so that every sample is reproducible (and resumable) by seed.
 
-image: uint8 (3, H, W) until `Normalize`, then float (3, H, W); mask: int64 (H, W).
+image: uint8 (3, H, W) for 8-bit photographs, float32 (C, H, W) for 16-bit, float and
+multi-band sources, until `Normalize`; then float (C, H, W). mask: int64 (H, W), or (K, H, W)
+for the multilabel task (atrous.data.tasks): every transform moves its K planes together.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from atrous.data.io import DataError
 from atrous.data.meta import IGNORE_INDEX
 
 Pair = tuple[torch.Tensor, torch.Tensor]
@@ -29,11 +32,16 @@ class Compose:
         return image, mask
 
 
+def _planes(mask: torch.Tensor) -> torch.Tensor:
+    """A mask, (H, W) or a multilabel (K, H, W), as float (P, 1, H, W) planes to resample."""
+    return mask.reshape(-1, 1, *mask.shape[-2:]).float()
+
+
 def resize_pair(image: torch.Tensor, mask: torch.Tensor, size: tuple[int, int]) -> Pair:
     """Bilinear for the image, nearest for the mask."""
     img = F.interpolate(image[None].float(), size=size, mode="bilinear", align_corners=False)[0]
     img = img.round_().clamp_(0, 255).to(image.dtype) if image.dtype == torch.uint8 else img
-    msk = F.interpolate(mask[None, None].float(), size=size, mode="nearest")[0, 0].long()
+    msk = F.interpolate(_planes(mask), size=size, mode="nearest").long().reshape(*mask.shape[:-2], *size)
     return img, msk
 
 
@@ -47,7 +55,7 @@ class RandomScale:
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> Pair:
         factor = rng.uniform(self.low, self.high)
-        height, width = mask.shape
+        height, width = mask.shape[-2:]
         size = (max(1, round(height * factor)), max(1, round(width * factor)))
         return resize_pair(image, mask, size) if size != (height, width) else (image, mask)
 
@@ -61,17 +69,17 @@ class RandomCrop:
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> Pair:
         crop_h, crop_w = self.size
-        height, width = mask.shape
+        height, width = mask.shape[-2:]
         pad_h, pad_w = max(0, crop_h - height), max(0, crop_w - width)
         if pad_h or pad_w:
             image = F.pad(image, (0, pad_w, 0, pad_h), value=0)
             mask = F.pad(mask, (0, pad_w, 0, pad_h), value=self.ignore_index)
-            height, width = mask.shape
+            height, width = mask.shape[-2:]
         top = int(rng.integers(0, height - crop_h + 1))
         left = int(rng.integers(0, width - crop_w + 1))
         return (
             image[:, top : top + crop_h, left : left + crop_w],
-            mask[top : top + crop_h, left : left + crop_w],
+            mask[..., top : top + crop_h, left : left + crop_w],
         )
 
 
@@ -102,7 +110,7 @@ class ElasticDeform:
         return F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)[0]
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> Pair:
-        height, width = mask.shape
+        height, width = mask.shape[-2:]
         dy, dx = self.displacement(height, width, rng)
         ys, xs = torch.meshgrid(torch.arange(height, dtype=torch.float32), torch.arange(width, dtype=torch.float32),
                                 indexing="ij")
@@ -111,8 +119,9 @@ class ElasticDeform:
         warped = F.grid_sample(image[None].float(), grid[None], mode="bilinear", padding_mode="reflection",
                                align_corners=True)[0]
         warped = warped.round_().clamp_(0, 255).to(image.dtype) if image.dtype == torch.uint8 else warped
-        labels = F.grid_sample(mask[None, None].float(), grid[None], mode="nearest", padding_mode="reflection",
-                               align_corners=True)[0, 0].long()
+        planes = _planes(mask)  # (P, 1, H, W): one plane, or a multilabel mask's K
+        labels = F.grid_sample(planes, grid[None].expand(len(planes), -1, -1, -1), mode="nearest",
+                               padding_mode="reflection", align_corners=True).long().reshape(mask.shape)
         return warped, labels
 
 
@@ -125,6 +134,8 @@ class ColorJitter:
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator) -> Pair:
         img = image.float()
         b, c, s = (rng.uniform(1 - x, 1 + x) for x in (self.brightness, self.contrast, self.saturation))
+        if image.dtype != torch.uint8:  # measured values (16-bit, float, N bands): brightness, contrast
+            return (img * b - img.mean()) * c + img.mean(), mask  # around the mean; no colour, no clipping
         img = img * b
         img = (img - img.mean()) * c + img.mean()
         grey = img.mean(dim=0, keepdim=True)
@@ -132,15 +143,28 @@ class ColorJitter:
         return img.clamp_(0, 255).round_().to(torch.uint8), mask
 
 
+def normalise(image: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """(..., C, H, W) -> float: uint8 images (x / 255 - mean) / std, with mean and std on the
+    0-1 scale (ImageNet's); 16-bit, float and multi-band images (x - mean) / std, in the units
+    the values are stored in. mean, std: (C,) tensors, one value per band."""
+    bands = image.shape[-3]
+    if bands != mean.numel():
+        raise DataError(f"the image has {bands} bands but the normalisation (mean, std) has {mean.numel()}: "
+                        "a model trained on other bands, or mean/std to give for these")
+    shape = (bands, 1, 1)
+    values = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    return (values - mean.to(values.device).view(shape)) / std.to(values.device).view(shape)
+
+
 class Normalize:
-    """uint8 [0, 255] -> float, then (x / 255 - mean) / std per channel."""
+    """The image as the model takes it: `normalise` with this mean and std per band."""
 
     def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD) -> None:
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
 
     def __call__(self, image: torch.Tensor, mask: torch.Tensor, rng: np.random.Generator | None = None) -> Pair:
-        return (image.float() / 255.0 - self.mean) / self.std, mask
+        return normalise(image, self.mean, self.std), mask
 
 
 def train_transform(

@@ -50,7 +50,8 @@ def find_voc2012(root: str) -> str:
         if os.path.isdir(os.path.join(candidate, "JPEGImages")):
             return candidate
     raise DataError(f"PASCAL VOC 2012 not found under {root}: expected "
-                    f"{os.path.join(root, 'VOCdevkit', 'VOC2012', 'JPEGImages')} (or --data-root at VOC2012)")
+                    f"{os.path.join(root, 'VOCdevkit', 'VOC2012', 'JPEGImages')} (or data_root at VOC2012)",
+                    argument="data_root")
 
 
 def find_sbd(root: str, voc2012: str) -> str:

@@ -15,8 +15,10 @@ import torch
 
 from atrous.checkpoints.meta import normalisation
 from atrous.data import eval_transform
+from atrous.data.display import crf_images
+from atrous.data.tasks import is_sigmoid, label_planes, predicted, task_of, threshold_of
 from atrous.inference.infer import Views, infer, infer_views, prepare
-from atrous.metrics import ConfusionMatrix, trimap_mask
+from atrous.metrics import ConfusionMatrix, LabelMetrics, trimap_mask
 from atrous.models import SegmentationModel
 from atrous.runtime.distributed import World, all_reduce_sum, current_world
 from atrous.runtime.progress import progress_bar
@@ -76,6 +78,7 @@ def evaluate(
     progress: bool = True,
     confusion_matrix: bool = False,
     on_batch: Callable[[list[int], torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    threshold: float | None = None,
 ) -> dict[str, Any]:
     """Metrics of `model` on `dataset` (full images, no crop), through `atrous.infer` with
     `views` (scales, flip, sliding window) at `precision`. With `crf`, the scores are refined
@@ -83,12 +86,19 @@ def evaluate(
     label boundaries under "trimap". For pictures (atrous.inference.plots), both off by
     default: `confusion_matrix` adds the summed counts under "confusion_matrix" (rows ground
     truth, columns prediction), and `on_batch(indices, raws, masks, pred)` is called on each
-    batch of this process with the dataset indices, raw images, masks and (N, H, W) labels."""
+    batch of this process with the dataset indices, raw images, masks and (N, H, W) labels.
+
+    Binary and multilabel models (model.meta["task"]) are scored per label (metrics.LabelMetrics)
+    on sigmoid(scores) > `threshold` (default: the model's, else 0.5); the trimap and `on_batch`
+    are for multiclass models."""
     mean, std = normalisation(model.meta)
     info = getattr(dataset, "info", None)
     num_classes = model.num_classes
     ignore = info.ignore_index if info else 255
-    matrix = ConfusionMatrix(num_classes, ignore)
+    task, threshold = task_of(model.meta), threshold_of(model.meta, threshold)
+    if is_sigmoid(task) and (trimap_widths or on_batch is not None):
+        raise ValueError(f"the trimap and per-image pictures are for multiclass models, not {task} ones")
+    matrix = LabelMetrics(num_classes, ignore) if is_sigmoid(task) else ConfusionMatrix(num_classes, ignore)
     bands = {w: ConfusionMatrix(num_classes, ignore) for w in trimap_widths}
     net, views = prepare(model, precision), views or Views()
     world = current_world()
@@ -98,9 +108,9 @@ def evaluate(
     for images, masks, raws in batches_of_equal_size(shard, batch_size, eval_transform(mean, std)):
         logits = infer_views(net, images, views)
         if crf is not None:
-            logits = crf(logits, raws.to(logits.device).float())
-        pred = logits.argmax(dim=1).cpu()
-        matrix.update(pred, masks)
+            logits = crf(logits, crf_images(raws).to(logits.device))
+        pred = predicted(logits, task, threshold).cpu()
+        matrix.update(pred, label_planes(masks, task) if is_sigmoid(task) else masks)
         if on_batch is not None:
             on_batch(shard.indices[seen:seen + len(images)], raws, masks, pred)
         seen += len(images)
@@ -114,6 +124,9 @@ def evaluate(
     result = matrix.compute()
     result["class_names"] = list(model.meta.get("class_names") or (info.class_names if info else []))
     result["images"] = len(dataset)
+    result["task"] = task
+    if is_sigmoid(task):
+        result["threshold"] = threshold
     if bands:
         result["trimap"] = {str(w): m.compute()["mIoU"] for w, m in bands.items()}
     if confusion_matrix:
@@ -127,7 +140,10 @@ def shard_indices(length: int, batch_size: int, world: World) -> list[int]:
 
 
 def format_table(metrics: dict[str, Any]) -> str:
-    """Per-class IoU and accuracy, then the summary metrics, as percentages."""
+    """Per-class IoU and accuracy, then the summary metrics, as percentages (binary and
+    multilabel: per label IoU, Dice, precision and recall)."""
+    if "per_label_dice" in metrics:
+        return _label_table(metrics)
     names = metrics.get("class_names") or [f"class_{i}" for i in range(len(metrics["per_class_iou"]))]
     width = max(12, *(len(n) for n in names))
     lines = [f"{'class':<{width}}  {'IoU':>6}  {'acc':>6}", "-" * (width + 16)]
@@ -139,6 +155,24 @@ def format_table(metrics: dict[str, Any]) -> str:
         lines.append(f"{label:<{width}}  {_pct(metrics[key])}")
     for width_px, value in metrics.get("trimap", {}).items():
         lines.append(f"{'trimap ' + width_px + 'px mIoU':<{width}}  {_pct(value)}")
+    return "\n".join(lines)
+
+
+def _label_table(metrics: dict[str, Any]) -> str:
+    """The binary and multilabel table: a row per label, then the means, as percentages."""
+    names = metrics.get("class_names") or [f"label_{i}" for i in range(len(metrics["per_class_iou"]))]
+    width = max(12, *(len(n) for n in names))
+    columns = ("per_class_iou", "per_label_dice", "per_label_precision", "per_label_recall")
+    rule = "-" * (width + 34)
+    lines = [f"{'label':<{width}}  {'IoU':>6}  {'Dice':>6}  {'prec':>6}  {'recall':>6}", rule]
+    for index, name in enumerate(names):
+        lines.append(f"{name:<{width}}  " + "  ".join(_pct(metrics[key][index]) for key in columns))
+    lines.append(rule)
+    lines.append(f"{'mean':<{width}}  " + "  ".join(
+        _pct(metrics[key]) for key in ("mIoU", "mean_dice", "mean_precision", "mean_recall")))
+    lines.append(f"{'pixel acc':<{width}}  {_pct(metrics['pixel_accuracy'])}")
+    if "threshold" in metrics:
+        lines.append(f"(threshold {metrics['threshold']:g})")
     return "\n".join(lines)
 
 

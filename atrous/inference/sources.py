@@ -63,10 +63,10 @@ def expand_inputs(inputs: Sequence[str]) -> list[str]:
     return unique
 
 
-def check_sources(paths: Sequence[str]) -> list[Source]:
+def check_sources(paths: Sequence[str], bands: int | None = None) -> list[Source]:
     """Every input decoded once (a video: opened, its first frame decoded), so that a missing
-    or broken file stops the run before anything is written; images are read again later,
-    so memory holds one batch at a time."""
+    or broken file, or an image of other than `bands` bands, stops the run before anything is
+    written; images are read again later, so memory holds one batch at a time."""
     sources = []
     for path in paths:
         if is_video(path):
@@ -75,8 +75,11 @@ def check_sources(paths: Sequence[str]) -> list[Source]:
             sources.append(Source(path, probe_video(path)))
             continue
         try:
-            read_image(path)
+            image = read_image(path)
         except DataError as err:
             raise UserError(str(err)) from err
+        if bands is not None and image.shape[0] != bands:
+            raise UserError(f"image {path} has {image.shape[0]} bands; the model takes {bands} "
+                            f"({'8-bit RGB' if bands == 3 else 'as it was trained'})")
         sources.append(Source(path))
     return sources

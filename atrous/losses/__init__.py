@@ -1,4 +1,4 @@
-"""Training losses by name (`--loss ce|ohem|dice|lovasz|focal`, and any registered with
+"""Training losses by name (`--loss ce|ohem|dice|jaccard|lovasz|focal`, and any registered with
 `register_loss`), normalised over the global batch (see atrous.losses.base).
 
 Each loss is one module of this package, found and imported here: a new loss is a new file
@@ -14,6 +14,7 @@ from atrous.losses.registry import (
     build_loss_options,
     list_losses,
     loss_options,
+    loss_tasks,
     register_loss,
     weighted_losses,
 )
@@ -40,6 +41,7 @@ __all__ = [
     "labelled_weight",
     "list_losses",
     "loss_options",
+    "loss_tasks",
     "register_loss",
     "total_loss",
     "weighted_losses",

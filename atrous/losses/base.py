@@ -9,7 +9,7 @@ atrous.runtime.distributed). `reduce` sums a tensor over the ranks (the identity
 `BatchTotals` holds the global normalisers known before the forward pass.
 
 How far each loss is independent of the number of ranks W and accumulation steps K:
-- ce, focal: sums over pixels divided by the global sum of the class weights of the
+- ce, focal: sums over pixels (binary, multilabel: over pixels and labels) divided by the global sum of the class weights of the
   labelled pixels (their count without class weights): exact for any W and K.
 - ohem: the pixels kept are chosen among all ranks' pixels of the micro-batch (a global
   threshold; the k-th smallest probability is found by bisection on all-reduced counts) and
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+ALL_TASKS = ("multiclass", "binary", "multilabel")
 
 
 def alone(tensor: torch.Tensor) -> torch.Tensor:
@@ -51,7 +52,8 @@ class BatchTotals:
 
 
 def labelled_weight(target: torch.Tensor, class_weights: torch.Tensor | None, ignore_index: int = 255) -> torch.Tensor:
-    """Sum over the labelled pixels of `target` of their class weight (float64 scalar)."""
+    """Sum over the labelled pixels of `target` of their class weight (float64 scalar); for a
+    multilabel target (n, K, H, W), the count of its labelled (pixel, label) pairs."""
     labelled = target[target != ignore_index]
     if class_weights is None:
         return torch.tensor(float(labelled.numel()), dtype=torch.float64, device=target.device)
@@ -82,13 +84,36 @@ def share_of_global(loss: torch.Tensor, totals: BatchTotals) -> torch.Tensor:
 
 
 class SegmentationLoss:
-    """(logits (n, C, H, W), target (n, H, W), totals) -> this rank's share (scalar)."""
+    """(logits (n, C, H, W), target (n, H, W), totals) -> this rank's share (scalar).
+
+    `task` (atrous.data.tasks): multiclass (softmax over C), binary (C = 1, target (n, H, W) of
+    0/1) or multilabel (C sigmoids, target (n, C, H, W) of 0/1); void is `ignore_index` in each.
+    Each loss follows segmentation_models_pytorch's `mode=` for the binary and multilabel tasks;
+    `tasks` lists the tasks a loss takes (a loss registered by name takes multiclass alone)."""
+
+    tasks: tuple[str, ...] = ("multiclass",)
 
     def __init__(self, *, ignore_index: int = 255, class_weights: torch.Tensor | None = None,
-                 reduce: Reduce = alone) -> None:
+                 reduce: Reduce = alone, task: str = "multiclass") -> None:
         self.ignore_index = ignore_index
         self.class_weights = class_weights
         self.reduce = reduce
+        self.task = task
+
+    @property
+    def sigmoid(self) -> bool:
+        """True for the binary and multilabel tasks: each output is its own sigmoid."""
+        return self.task != "multiclass"
+
+    def planes(self, logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """For the sigmoid tasks: (float logits (n, K, H, W), 0/1 truth with void as 0, labelled
+        mask), the binary task's (n, H, W) target made (n, 1, H, W)."""
+        target = target[:, None] if target.ndim == logits.ndim - 1 else target
+        if target.shape != logits.shape:
+            raise ValueError(f"{self.task} target of shape {tuple(target.shape)} does not fit the logits "
+                             f"{tuple(logits.shape)}")
+        valid = target != self.ignore_index
+        return logits.float(), (target * valid).float(), valid
 
     def __call__(self, logits: torch.Tensor, target: torch.Tensor, totals: BatchTotals) -> torch.Tensor:
         raise NotImplementedError

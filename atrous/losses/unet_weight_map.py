@@ -27,7 +27,7 @@ def border_weights(labels: np.ndarray, object_class: int = 1, w0: float = 10.0, 
     try:
         from scipy import ndimage
     except ImportError as err:
-        raise UserError("--loss unet_weight_map needs scipy: pip install scipy") from err
+        raise UserError("loss unet_weight_map needs scipy: pip install scipy", argument="loss") from err
     objects, count = ndimage.label(labels == object_class)
     weights = np.zeros(labels.shape, np.float32)
     if count < 2:

@@ -14,7 +14,7 @@ import copy
 import io
 import queue
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,9 +24,11 @@ import torch
 from PIL import Image
 
 from atrous.checkpoints.meta import normalisation, palette_of
-from atrous.data import ImageTooLarge, decode_image
+from atrous.data import ImageTooLarge, decode_image, normalise
+from atrous.data.display import crf_images, display_rgb
+from atrous.data.tasks import is_sigmoid, predicted, task_of, threshold_of
 from atrous.inference.infer import infer_views, make_views, prepare
-from atrous.inference.predict import index_png, overlay
+from atrous.inference.predict import index_png, label_overlay, overlay
 
 CRF_KINDS = ("none", "dense", "conv")
 OUTPUTS = ("mask", "overlay", "json")
@@ -91,7 +93,8 @@ class Segmenter:
     """The loaded model, its CRFs and class metadata; `run` serves one upload."""
 
     def __init__(self, model: torch.nn.Module, crfs: dict[str, torch.nn.Module], *, name: str,
-                 concurrency: int = 1, precision: str = "fp32", max_pixels: int | None = None) -> None:
+                 concurrency: int = 1, precision: str = "fp32", max_pixels: int | None = None,
+                 display_bands: Sequence[int] | None = None, threshold: float | None = None) -> None:
         self.model = model.eval()
         self.net = prepare(self.model, precision)
         self.name = name
@@ -99,10 +102,11 @@ class Segmenter:
         self.max_pixels = max_pixels
         self.device = self.net.device
         self.crfs = {kind: Pool(crf, concurrency) for kind, crf in crfs.items()}
-        mean, std = normalisation(model.meta)
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean, self.std = (torch.tensor(values, dtype=torch.float32) for values in normalisation(model.meta))
+        self.display_bands = display_bands  # images that are not 8-bit RGB: shown (and CRF-refined) through these
         self.palette = palette_of(model.meta, model.num_classes)  # (256, 3) uint8
+        self.task, self.threshold = task_of(model.meta), threshold_of(model.meta, threshold)
+        self.sigmoid = is_sigmoid(self.task)
         names = model.meta.get("class_names") or []
         self.class_names = [names[i] if i < len(names) else f"class_{i}" for i in range(model.num_classes)]
 
@@ -116,25 +120,44 @@ class Segmenter:
             "palette": self.palette[: len(self.class_names)].tolist(),
             "device": str(self.device),
             "precision": self.precision,
+            "task": self.task,
+            **({"threshold": self.threshold} if self.sigmoid else {}),
             "crf": [kind for kind in CRF_KINDS if kind == "none" or kind in self.crfs],
         }
 
+    def labels_of(self, scores: torch.Tensor) -> np.ndarray:
+        """(1, K, H, W) scores -> uint8 (H, W) classes; binary and multilabel: (K, H, W) 0/1."""
+        return predicted(scores, self.task, self.threshold)[0].to(torch.uint8).cpu().numpy()
+
+    def mask_png(self, labels: np.ndarray) -> Image.Image:
+        """The mask as served: the class-index PNG; binary: 0/255 greyscale; multilabel: bit k
+        of each pixel set where label k is on (8-bit up to 8 labels, 16-bit up to 16)."""
+        if not self.sigmoid:
+            return index_png(labels, self.palette)
+        if self.task == "binary":
+            return Image.fromarray(labels[0] * np.uint8(255), mode="L")
+        if len(labels) > 16:
+            raise ValueError(f"a mask PNG holds up to 16 labels as bits; this model has {len(labels)}: ask json")
+        bits = (labels.astype(np.uint16) << np.arange(len(labels), dtype=np.uint16)[:, None, None]).sum(axis=0)
+        return Image.fromarray(bits.astype(np.uint8), mode="L") if len(labels) <= 8 else Image.fromarray(
+            bits.astype(np.uint16))
+
     def segment(self, image: torch.Tensor, options: Options, timer: Timer) -> tuple[np.ndarray, np.ndarray | None]:
-        """(3, H, W) uint8 -> (H, W) uint8 labels, and the labels before the CRF when one ran."""
+        """(C, H, W) image (uint8 or float) -> (H, W) uint8 labels, and the labels before the CRF when one ran."""
         views = make_views(options.scales, options.flip)
         largest = image.shape[1] * image.shape[2] * max(views.scales) ** 2
         if self.max_pixels is not None and largest > self.max_pixels:
             raise ImageTooLarge(f"at scale {max(views.scales):g} the image is {largest / 1e6:.1f} megapixels; "
                                 f"the limit is {self.max_pixels / 1e6:.1f}")
         with timer.step("model"):
-            normalised = (image.float() / 255.0 - self.mean) / self.std
+            normalised = normalise(image, self.mean, self.std)
             logits = infer_views(self.net, normalised[None], views)  # (1, K, H, W)
-            labels = logits.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+            labels = self.labels_of(logits)
         if options.crf == "none":
             return labels, None
         with timer.step("crf"), self.crfs[options.crf].take() as layer, torch.no_grad():
-            refined = layer(logits, image[None].to(logits.device).float())
-            refined_labels = refined.argmax(dim=1)[0].to(torch.uint8).cpu().numpy()
+            refined = layer(logits, crf_images(image[None], self.display_bands).to(logits.device))
+            refined_labels = self.labels_of(refined)
         return refined_labels, labels
 
     def run(self, data: bytes, what: str, options: Options, timer: Timer) -> Result:
@@ -145,9 +168,11 @@ class Segmenter:
         labels, raw_labels = self.segment(image, options, timer)
         with timer.step("encode"):
             if options.output == "mask":
-                return Result(_png(index_png(labels, self.palette)), "image/png", timer.ms)
+                return Result(_png(self.mask_png(labels)), "image/png", timer.ms)
             if options.output == "overlay":
-                blended = overlay(image.permute(1, 2, 0).numpy(), labels, self.palette, options.opacity)
+                shown = display_rgb(image, self.display_bands)
+                blended = (label_overlay(shown, labels, self.palette[: len(labels)], options.opacity) if self.sigmoid
+                           else overlay(shown, labels, self.palette, options.opacity))
                 return Result(_png(Image.fromarray(blended)), "image/png", timer.ms)
             summary = self.summary(labels, options.masks)
             summary.update(crf=options.crf, scales=list(options.scales), flip=options.flip)
@@ -158,19 +183,20 @@ class Segmenter:
 
     def summary(self, labels: np.ndarray, with_mask: bool) -> dict[str, Any]:
         """Per-class pixel counts and shares of (H, W) labels; the index PNG if asked."""
-        height, width = labels.shape
-        counts = np.bincount(labels.reshape(-1), minlength=len(self.class_names))
+        height, width = labels.shape[-2:]
+        counts = (labels.reshape(len(labels), -1).sum(axis=1) if self.sigmoid
+                  else np.bincount(labels.reshape(-1), minlength=len(self.class_names)))
         result: dict[str, Any] = {
             "width": width,
             "height": height,
             "classes": [
                 {"index": i, "name": name, "color": self.palette[i].tolist(), "pixels": int(counts[i]),
-                 "share": round(float(counts[i]) / labels.size, 6)}
+                 "share": round(float(counts[i]) / (height * width), 6)}
                 for i, name in enumerate(self.class_names)
             ],
         }
         if with_mask:
-            result["mask_png"] = base64.b64encode(_png(index_png(labels, self.palette))).decode("ascii")
+            result["mask_png"] = base64.b64encode(_png(self.mask_png(labels))).decode("ascii")
         return result
 
 

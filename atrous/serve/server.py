@@ -9,7 +9,10 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from atrous.data.display import display_bands_option
+from atrous.data.options import threshold_option
 from atrous.errors import UserError
+from atrous.inference.engines import engine_option
 from atrous.options import check_options, option
 from atrous.runtime.device import PRECISIONS
 from atrous.runtime.options import device_option
@@ -33,6 +36,9 @@ class ServeOptions:
     precision: str = option("fp32", "auto: bf16 where the CPU has native bf16 and on CUDA, fp32 elsewhere",
                             choices=PRECISIONS)
     device: str | None = device_option()  # a frozen dataclass: the shared declaration, not the mixin
+    engine: str = engine_option()  # torch, openvino, onnxruntime or auto (atrous.inference.engines)
+    display_bands: list[int] | None = display_bands_option()  # overlays of images that are not 8-bit RGB
+    threshold: float | None = threshold_option()  # binary and multilabel models
     output_stride: int | None = option(None, "run the model at this output stride with its own weights; default: "
                                        "as trained", choices=(8, 16, 32))
 
@@ -63,6 +69,7 @@ def build_app(config: ServeConfig) -> Any:
     import os
 
     from atrous.checkpoints.checkpoint import load_checkpoint
+    from atrous.inference.engines import on_engine
     from atrous.inference.refinement import build_crf
     from atrous.options import read_mapping_file
     from atrous.runtime.device import resolve_device
@@ -70,15 +77,18 @@ def build_app(config: ServeConfig) -> Any:
     from atrous.serve.segment import Segmenter
 
     model = load_checkpoint(config.checkpoint, output_stride=config.output_stride).to(resolve_device(config.device))
+    model = on_engine(model, config.engine, config.precision)
     params_kind = None
     if config.crf_params:
-        params_kind = read_mapping_file(config.crf_params, "--crf-params").get("kind", "dense")
+        params_kind = read_mapping_file(config.crf_params, "crf_params").get("kind", "dense")
         if params_kind not in ("dense", "conv"):
-            raise UserError(f"--crf-params {config.crf_params}: kind must be dense or conv, got '{params_kind}'")
-    crfs = {kind: build_crf(kind, model, config.crf_params if kind == params_kind else None)
-            for kind in ("dense", "conv")}
+            raise UserError(f"crf_params {config.crf_params}: kind must be dense or conv, got '{params_kind}'",
+                            argument="crf_params")
+    kinds = () if model.meta.get("task") == "multilabel" else ("dense", "conv")  # no CRF for overlapping labels
+    crfs = {kind: build_crf(kind, model, config.crf_params if kind == params_kind else None) for kind in kinds}
     segmenter = Segmenter(model, crfs, name=os.path.basename(config.checkpoint), concurrency=config.concurrency,
-                          precision=config.precision, max_pixels=int(config.max_megapixels * 1e6))
+                          precision=config.precision, max_pixels=int(config.max_megapixels * 1e6),
+                          display_bands=config.display_bands, threshold=config.threshold)
     limits = Limits(max_upload_bytes=int(config.max_upload_mb * 2**20), concurrency=config.concurrency,
                     queue=config.queue)
     return create_app(segmenter, limits)
@@ -89,7 +99,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror as err:
-        raise UserError(f"--host {host}: {err.strerror}") from err
+        raise UserError(f"host {host}: {err.strerror}", argument="host") from err
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -97,7 +107,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(2048)  # from here on, connections wait in the backlog until uvicorn accepts them
     except OSError as err:
         sock.close()
-        raise UserError(f"--host {host} --port {port}: cannot listen there ({err.strerror})") from err
+        raise UserError(f"host {host} port {port}: cannot listen there ({err.strerror})", argument=("host", "port")) from err
     return sock
 
 

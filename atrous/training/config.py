@@ -9,11 +9,23 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from atrous.data import IMAGENET_MEAN, IMAGENET_STD, list_datasets
-from atrous.data.options import DatasetOptions
+from atrous.data import list_datasets
+from atrous.data.options import (
+    BandOptions,
+    DatasetOptions,
+    TaskOptions,
+    ThresholdOptions,
+    check_normalisation,
+)
 from atrous.data.weights import CLASS_WEIGHTINGS
 from atrous.errors import UserError
-from atrous.losses import LEGACY_KEYWORDS, build_loss_options, list_losses, weighted_losses
+from atrous.losses import (
+    LEGACY_KEYWORDS,
+    build_loss_options,
+    list_losses,
+    loss_tasks,
+    weighted_losses,
+)
 from atrous.options import ProgressOptions, check_options, option
 from atrous.runtime.device import PRECISIONS
 from atrous.runtime.distributed import DEFAULT_TIMEOUT_S
@@ -38,7 +50,7 @@ DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 
 @dataclass(kw_only=True)
 class TrainOptions(EmaOptions, AdversarialOptions, BestOptions, EarlyStopOptions, LogOptions,
-                   DatasetOptions, DeviceOptions, ProgressOptions,
+                   DatasetOptions, BandOptions, TaskOptions, ThresholdOptions, DeviceOptions, ProgressOptions,
                    DeterministicOptions, ClipGradOptions):
     """Every training option; the CLI flags and YAML config keys carry these names. The
     training features' options come from their own modules (the bases)."""
@@ -111,8 +123,6 @@ class TrainOptions(EmaOptions, AdversarialOptions, BestOptions, EarlyStopOptions
     jitter: float = option(0.0, "colour jitter strength (0 = off)", ge=0)
     elastic: float = option(0.0, "elastic deformation of each crop: displacements with this std in pixels on a 3x3 "
                             "grid, bicubic (U-Net's is 10); 0 is off", ge=0)
-    mean: tuple[float, ...] = option(IMAGENET_MEAN, "normalisation mean (RGB, 0-1)", cli=False)
-    std: tuple[float, ...] = option(IMAGENET_STD, "normalisation standard deviation (RGB, 0-1)", cli=False, gt=0)
     # arithmetic and speed
     precision: str = option("fp32", "auto: bf16 autocast where it is native (CUDA, AVX512-BF16/AMX CPUs), fp32 "
                             "elsewhere (emulated bf16 is many times slower); fp16 uses a gradient scaler "
@@ -144,19 +154,39 @@ class TrainOptions(EmaOptions, AdversarialOptions, BestOptions, EarlyStopOptions
         """Each option against its declaration, then the rules that tie options together."""
         check_options(self)
         if self.iters is not None and self.epochs is not None:
-            raise UserError("give --iters or --epochs, not both")
+            raise UserError("give iters or epochs, not both", argument=("iters", "epochs"))
         for part, factor in self.lr_mult.items():
             if isinstance(factor, bool) or not isinstance(factor, int | float) or not math.isfinite(factor) or factor < 0:
-                raise UserError(f"--lr-mult {part} must be a finite number >= 0, got {factor!r}")
+                raise UserError(f"lr_mult {part} must be a finite number >= 0, got {factor!r}", argument="lr_mult")
         if self.scale_min > self.scale_max:
-            raise UserError(f"--scale-min/--scale-max must satisfy min <= max, got {self.scale_min}, {self.scale_max}")
-        if len(self.mean) != len(self.std):
-            raise UserError(f"mean and std need one value per channel, got {len(self.mean)} and {len(self.std)}")
+            raise UserError(f"scale_min must not exceed scale_max, got {self.scale_min}, {self.scale_max}",
+                            argument=("scale_min", "scale_max"))
+        check_normalisation(self.mean, self.std)
         weighted = weighted_losses()
         if self.class_weights != "none" and self.loss not in weighted:
-            raise UserError(f"--class-weights applies to --loss {'/'.join(weighted)}, not to --loss {self.loss}")
+            raise UserError(f"class_weights applies to loss {'/'.join(weighted)}, not to loss {self.loss}",
+                            argument=("class_weights", "loss", "loss"))
+        self.check_task()
         self.loss_settings()  # unknown or bad loss options fail here, before any work
         check_feature_options(self)
+
+    def check_task(self) -> None:
+        """What the binary and multilabel tasks cannot take: per-class weights, bootstrapped
+        classes and the adversarial loss (one class per pixel), a loss without those tasks."""
+        if self.task == "multiclass":
+            return
+        if self.class_weights != "none":
+            raise UserError(f"class_weights weighs classes one against another (multiclass); for task {self.task} "
+                            "use loss_options pos_weight=W (loss ce) or alpha=A (loss focal)",
+                            argument=("class_weights", "task", "loss_options", "loss", "loss"))
+        for name, given in (("bootstrap_class", self.bootstrap_class), ("adversarial", self.adversarial)):
+            if given:
+                raise UserError(f"task {self.task}: {name} is for the multiclass task (one class per pixel)",
+                                argument=("task", name))
+        if self.task not in loss_tasks(self.loss):
+            raise UserError(f"task {self.task}: loss {self.loss} is for the multiclass task; this task trains "
+                            f"with {', '.join(n for n in list_losses() if self.task in loss_tasks(n))}",
+                            argument=("task", "loss"))
 
     def loss_settings(self) -> dict[str, Any]:
         """The options handed to the loss: the legacy flags that belong to it, then --loss-opt."""

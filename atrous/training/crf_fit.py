@@ -114,14 +114,17 @@ def fit_checkpoint_crf(
 
     The starting parameters are `crf_params` (a YAML/JSON file), else the checkpoint's earlier
     fit, else the layer's defaults. Returns a summary (losses before and after, the entry)."""
-    for name, value in (("--iters", iters), ("--batch-size", batch_size), ("--max-images", max_images),
-                        ("--crop-size", crop_size)):
+    for name, value in (("iters", iters), ("batch_size", batch_size), ("max_images", max_images),
+                        ("crop_size", crop_size)):
         if value is not None and value < 1:
-            raise UserError(f"{name} must be at least 1, got {value}")
+            raise UserError(f"{name} must be at least 1, got {value}", argument=name)
     if lr <= 0:
-        raise UserError(f"--lr must be positive, got {lr}")
+        raise UserError(f"lr must be positive, got {lr}", argument="lr")
     torch.manual_seed(seed)
     model = load_checkpoint(checkpoint).to(resolve_device(device))
+    if model.meta.get("task", "multiclass") != "multiclass":
+        raise UserError(f"{checkpoint} is a {model.meta['task']} model; fit-crf fits the CRF of multiclass models "
+                        "(a binary model's CRF runs with the layer's defaults or crf_params)", argument="crf_params")
     data = build_dataset(dataset, split, data_root=data_root, num_classes=num_classes,
                          synthetic_size=synthetic_size)
     info = data.info

@@ -6,13 +6,14 @@ bootstrapped images, the run's length and the evaluated split. The trainer
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from atrous.checkpoints.meta import model_meta
 from atrous.checkpoints.weights import LoadReport, load_weights
-from atrous.data import DataError, build_dataset
+from atrous.data import IMAGENET_MEAN, IMAGENET_STD, DataError, build_dataset
 from atrous.data.weights import class_weights
 from atrous.errors import UserError
 from atrous.models import SegmentationModel, create_model
@@ -53,7 +54,7 @@ class TrainStream(torch.utils.data.Dataset):
 
 def training_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset:
     dataset = build_dataset(cfg.dataset, cfg.train_split, data_root=cfg.data_root, num_classes=cfg.num_classes,
-                            synthetic_size=cfg.synthetic_size, synthetic_length=cfg.synthetic_length)
+                            synthetic_size=cfg.synthetic_size, synthetic_length=cfg.synthetic_length, task=cfg.task)
     if len(dataset) == 0:
         raise UserError(f"the {cfg.dataset} training split is empty")
     return dataset
@@ -66,25 +67,60 @@ def eval_dataset(cfg: TrainConfig) -> torch.utils.data.Dataset | None:
         return None
     try:
         return build_dataset(cfg.dataset, cfg.eval_split, data_root=cfg.data_root, num_classes=cfg.num_classes,
-                             synthetic_size=cfg.synthetic_size, synthetic_length=cfg.synthetic_length)
+                             synthetic_size=cfg.synthetic_size, synthetic_length=cfg.synthetic_length, task=cfg.task)
     except DataError:
         if cfg.dataset == "synthetic":
             raise
         return None
 
 
+@dataclass(frozen=True)
+class Bands:
+    """What the model takes: its band count and each band's normalisation."""
+
+    in_channels: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def input_bands(cfg: TrainConfig, dataset: torch.utils.data.Dataset) -> Bands:
+    """The band count and normalisation of a run, from its options and its first image: the
+    given mean and std, else the dataset's own (its info's extra "mean"/"std", e.g. NYUDv2's
+    RGB-D), else ImageNet's for 8-bit RGB photographs; other images need theirs."""
+    image, _ = dataset[0]
+    bands = image.shape[0]
+    if cfg.in_channels is not None and cfg.in_channels != bands:
+        raise UserError(f"in_channels is {cfg.in_channels}, but the images of {cfg.dataset} have {bands} bands",
+                        argument="in_channels")
+    if cfg.mean is not None and cfg.std is not None:
+        if len(cfg.mean) != bands:
+            raise UserError(f"mean and std give {len(cfg.mean)} values; the images of {cfg.dataset} have "
+                            f"{bands} bands (one value per band)", argument=("mean", "std"))
+        return Bands(bands, tuple(cfg.mean), tuple(cfg.std))
+    declared = getattr(dataset, "info", None) and dataset.info.extra  # a dataset's own (NYUDv2's depth)
+    if declared and "mean" in declared and "std" in declared and len(declared["mean"]) == bands:
+        return Bands(bands, tuple(declared["mean"]), tuple(declared["std"]))
+    if image.dtype == torch.uint8:
+        return Bands(bands, IMAGENET_MEAN, IMAGENET_STD)
+    raise UserError(f"the images of {cfg.dataset} are {bands}-band {str(image.dtype).removeprefix('torch.')} "
+                    "values, which have no default normalisation: measure it (`atrous data stats`) and give "
+                    "the mean and std it prints", argument=("mean", "std"))
+
+
 def build_model(cfg: TrainConfig, info, device: torch.device, distributed: bool,
-                init: bool) -> tuple[SegmentationModel, LoadReport | None]:
+                init: bool, bands: Bands | None = None) -> tuple[SegmentationModel, LoadReport | None]:
     """The model on `device`, its weights from --init-from when `init` (not when resuming)."""
+    bands = bands or Bands(3, IMAGENET_MEAN, IMAGENET_STD)
     try:
-        model = create_model(cfg.model, info.num_classes, backbone=cfg.backbone, output_stride=cfg.output_stride,
-                             pretrained_backbone=cfg.pretrained_backbone, **cfg.model_options)
+        model = create_model(cfg.model, info.num_classes, in_channels=bands.in_channels, backbone=cfg.backbone,
+                             output_stride=cfg.output_stride, pretrained_backbone=cfg.pretrained_backbone,
+                             **cfg.model_options)
     except FileNotFoundError as err:
         raise UserError(str(err)) from err
     except (ValueError, TypeError) as err:
-        raise UserError(f"--model {cfg.model}: {err}") from err
+        raise UserError(f"model {cfg.model}: {err}", argument="model") from err
     report = load_weights(model, cfg.init_from) if cfg.init_from and init else None
-    model.meta = model_meta(info, cfg.mean, cfg.std)
+    model.meta = model_meta(info, bands.mean, bands.std, threshold=cfg.threshold)
     shard_dropout(model)  # dropout masks that do not depend on the number of ranks
     if distributed and cfg.sync_bn is not False:
         model = convert_sync_batchnorm(model, device)
@@ -99,12 +135,13 @@ def fine_tuning(model: SegmentationModel, cfg: TrainConfig) -> list[torch.nn.Mod
     stay in eval mode while training (--freeze backbone: the backbone's; --freeze-bn: all)."""
     unknown = list(unknown_prefixes(model, cfg.lr_mult))
     if unknown:
-        raise UserError(f"--lr-mult {unknown[0]}: not backbone, head or a parameter-name prefix of model {cfg.model}")
+        raise UserError(f"lr_mult {unknown[0]}: not backbone, head or a parameter-name prefix of model {cfg.model}",
+                        argument="lr_mult")
     if cfg.freeze == "backbone":
         try:
             freeze_backbone(model)
         except ValueError as err:
-            raise UserError(f"--freeze backbone: {err}") from err
+            raise UserError(f"freeze backbone: {err}", argument="freeze") from err
     if cfg.freeze_bn or cfg.freeze == "backbone":
         return frozen_batch_norms(model, backbone_only=not cfg.freeze_bn)
     return []
@@ -133,7 +170,8 @@ def loss_class_weights(cfg: TrainConfig, dataset, info, device: torch.device) ->
     if cfg.class_weights == "none":
         return None
     if not hasattr(dataset, "labels"):
-        raise UserError(f"--class-weights {cfg.class_weights} needs mask files; dataset {cfg.dataset} has none")
+        raise UserError(f"class_weights {cfg.class_weights} needs mask files; dataset {cfg.dataset} has none",
+                        argument="class_weights")
     weights = class_weights(cfg.class_weights, dataset.labels(), info.num_classes, void=info.ignore_index)
     return weights.to(device)
 

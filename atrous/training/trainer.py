@@ -75,8 +75,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.dataset = parts.training_dataset(cfg)
         self.info = self.dataset.info
+        self.bands = parts.input_bands(cfg, self.dataset)
         self.model, self.init_report = parts.build_model(cfg, self.info, self.device, self.world.distributed,
-                                                         init=not cfg.resume)
+                                                         init=not cfg.resume, bands=self.bands)
         if self.init_report is not None and self.world.is_main:
             print(self.init_report.line())
         self.frozen_norms = parts.fine_tuning(self.model, cfg)
@@ -87,7 +88,7 @@ class Trainer:
         self.total = parts.total_iters(cfg, len(self.items))
         self.class_weights = parts.loss_class_weights(cfg, self.dataset, self.info, self.device)
         self.loss = build_loss(cfg.loss, ignore_index=self.info.ignore_index, class_weights=self.class_weights,
-                               reduce=distributed.all_reduce_sum, **cfg.loss_settings())
+                               reduce=distributed.all_reduce_sum, task=cfg.task, **cfg.loss_settings())
         self.step, self.elapsed, self.finished = 0, 0.0, False
         self.epoch_loss = [0.0, 0]  # running sum and count for the epoch's log line
         self.model_learns, self.lr = True, 0.0
@@ -103,16 +104,16 @@ class Trainer:
     def _check_out_dir(self) -> None:
         cfg = self.cfg
         if self.world.is_main:  # rank 0 alone writes the run's files (and makes the folder)
-            require_writable_folder(cfg.out, "--out", keep=True)
+            require_writable_folder(cfg.out, "out", keep=True)
         elif os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
-            raise UserError(f"--out {cfg.out} exists and is not a folder")
+            raise UserError(f"out {cfg.out} exists and is not a folder", argument="out")
         if cfg.resume:
             if not os.path.isfile(self.state_path):
-                raise UserError(f"--resume: no training state in {cfg.out} (expected {self.state_path})")
+                raise UserError(f"resume: no training state in {cfg.out} (expected {self.state_path})", argument="resume")
         elif os.path.exists(self.model_path) and not cfg.overwrite:
             raise UserError(
-                f"{self.model_path} already exists; pass --resume to continue it, --overwrite to replace it, "
-                "or choose another --out"
+                f"{self.model_path} already exists; give resume to continue it, overwrite to replace it, "
+                "or choose another out", argument=("resume", "overwrite", "out")
             )
         elif (cfg.overwrite or self.auto) and self.world.is_main:  # an old run's files must not mix in
             for stale in (self.state_path, self.log_path, os.path.join(cfg.out, "metrics.json")):
@@ -161,7 +162,8 @@ class Trainer:
         state.check_same_recipe(saved, config_json(self.cfg), RESUME_MAY_CHANGE, self.cfg.out)
         state.restore(self, saved_state)
         if self.step >= self.total or self.finished:
-            raise UserError(f"--resume: {self.cfg.out} already finished {self.step} of {self.total} iterations")
+            raise UserError(f"resume: {self.cfg.out} already finished {self.step} of {self.total} iterations",
+                            argument="resume")
         if self.world.is_main:
             state.truncate_log(self.log_path, self.step)
 
@@ -170,7 +172,8 @@ class Trainer:
         """This rank's micro-batches, from the current step to the end, one per item."""
         cfg = self.cfg
         transform = train_transform(cfg.crop_size, scale=(cfg.scale_min, cfg.scale_max), flip=cfg.flip,
-                                    jitter=cfg.jitter, elastic=cfg.elastic, mean=cfg.mean, std=cfg.std)
+                                    jitter=cfg.jitter, elastic=cfg.elastic, mean=self.bands.mean,
+                                    std=self.bands.std)
         stream = parts.TrainStream(self.items, transform, cfg.seed)
         self.sampler = GlobalBatchSampler(self.step, self.total, cfg.batch_size, self.world, cfg.grad_accum)
         # a private generator: the loader must not draw from the global RNG (dropout's), or a
@@ -228,7 +231,7 @@ class Trainer:
         self._optimizer_step()
         losses = _summed_over_ranks(shares)
         if not math.isfinite(losses["loss"]):
-            raise UserError(f"training diverged at iteration {self.step + 1} (loss {losses['loss']}); lower --lr")
+            raise UserError(f"training diverged at iteration {self.step + 1} (loss {losses['loss']}); lower lr", argument="lr")
         return losses
 
     def _optimizer_step(self) -> None:
@@ -399,15 +402,16 @@ def _readable_errors(cfg: TrainConfig) -> Iterator[None]:
         yield
     except RuntimeError as err:
         if "stack expects each tensor to be equal size" in str(err):
-            raise UserError("training images differ in size; pass --crop-size") from err
+            raise UserError("training images differ in size; give crop_size", argument="crop_size") from err
         deterministic = nondeterministic_error(err)  # --deterministic met an operation it cannot run
         if deterministic is not None:
             raise deterministic from err
         raise
     except ValueError as err:
         if "Expected more than 1 value per channel" in str(err):
-            raise UserError(f"--batch-size {cfg.batch_size}: batch norm needs at least 2 images per "
-                            "micro-batch and process (--batch-size / --grad-accum / processes)") from err
+            raise UserError(f"batch_size {cfg.batch_size}: batch norm needs at least 2 images per "
+                            "micro-batch and process (batch size / grad_accum / processes)",
+                            argument=("batch_size", "grad_accum")) from err
         raise
 
 
@@ -430,7 +434,14 @@ def _already_finished(cfg: TrainConfig) -> dict[str, Any]:
     """The result of `--resume auto` on a finished run: nothing done, what it wrote kept."""
     done = state.progress(cfg.out)
     return {"train": {"iters": done["step"], "total_iters": done["total_iters"], "finished": True,
-                      "already_finished": True}, cfg.eval_split or "val": None}
+                      "already_finished": True}, metrics_key(cfg.eval_split): None}
+
+
+def metrics_key(split: str | None) -> str:
+    """Where metrics.json (and `train`'s result) holds the final evaluation of `split`: under its
+    name, except the train split's, "train_eval" ("train" holds the run's summary)."""
+    split = split or "val"
+    return "train_eval" if split == "train" else split
 
 
 def train(cfg: TrainConfig) -> dict[str, Any]:
@@ -441,17 +452,17 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
     if cfg.resume == "auto" and state.resume_mode(cfg.out, "auto") == "finished":
         return _already_finished(cfg)
     if cfg.save_pretrained:
-        check_pretrained_out(cfg.save_pretrained, "--save-pretrained")
+        check_pretrained_out(cfg.save_pretrained, "save_pretrained")
     with distributed.process_group(resolve_device(cfg.device), cfg.dist_timeout) as world:
         trainer = Trainer(cfg)
         dataset = parts.eval_dataset(cfg)  # before training, so that a bad split fails at once
         trainer.eval_dataset = dataset
         summary = trainer.run()
-        result: dict[str, Any] = {"train": summary, cfg.eval_split or "val": None}
+        result: dict[str, Any] = {"train": summary, metrics_key(cfg.eval_split): None}
         if trainer.init_report is not None:
             result["init_from"] = trainer.init_report.as_dict()
         if trainer.final_metrics is not None:
-            result[cfg.eval_split] = trainer.final_metrics
+            result[metrics_key(cfg.eval_split)] = trainer.final_metrics
         result.update(_feature_records(trainer))
         if world.is_main:
             write_json_atomic(os.path.join(cfg.out, "metrics.json"), result)
@@ -471,7 +482,7 @@ def _shared(trainer: Trainer, result: dict[str, Any]) -> tuple[SegmentationModel
         return trainer.trained_model, result, None
     model = load_checkpoint(os.path.join(trainer.cfg.out, best["file"]))
     split = trainer.cfg.eval_split
-    final = (result.get(split) or {}).get(best["metric"]) if best["metric"] in SUMMARY_METRICS else None
+    final = (result.get(metrics_key(split)) or {}).get(best["metric"]) if best["metric"] in SUMMARY_METRICS else None
     note = (f"The best of the run's evaluations on `{split}` by {best['metric']} ({best['value']:.4f}), chosen at "
             f"iteration {best['step']} of {trainer.total} (`--save-best`)"
             + (f"; the last model scored {final:.4f}." if final is not None else "."))
