@@ -15,7 +15,8 @@ from .conftest import REPO
 
 # the CPU recipes (the papers' GPU recipes, configs/{voc,cityscapes,ade20k}: tests/test_recipes.py)
 RECIPES = sorted(p for p in (REPO / "configs").glob("**/*.yaml")
-                 if p.parent.name not in ("crf", "voc", "cityscapes", "ade20k"))
+                 if p.parent.name not in ("crf", "voc", "cityscapes", "ade20k",  # the papers' recipes: test_recipes.py
+                                          "pascal_context", "pascal_person_part", "sift_flow", "nyudv2", "sun_rgbd"))
 # what the CamVid protocol fixes for every row (docs/benchmarks.md)
 PROTOCOL_KEYS = ("dataset", "iters", "batch_size", "crop_size", "scale_min", "scale_max", "optimizer", "lr",
                  "weight_decay", "class_weights", "precision", "channels_last", "flip", "jitter", "poly_power",
