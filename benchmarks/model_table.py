@@ -162,7 +162,8 @@ def markdown(rows: list[dict], size: int) -> str:
     lines += ["", "Paper parameter counts:", ""]
     lines += [f"- `{name}`: {p[2]}M, {p[3]}" for name, p in PAPER.items()]
     lines += [f"- `{row}`: {millions}M, {source}" for row, _, _, millions, source in VARIANTS if millions]
-    summaries = atrous.models.model_summaries()
+    summaries = {name: text for name, text in atrous.models.model_summaries().items()  # atrous' own, not plugins'
+                 if atrous.models.model_family(name).startswith("atrous.models.")}
     lines += ["", "Summaries:", ""] + [f"- `{k}`: {v}" for k, v in summaries.items()]
     return "\n".join(lines) + "\n"
 

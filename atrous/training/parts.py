@@ -87,7 +87,7 @@ def input_bands(cfg: TrainConfig, dataset: torch.utils.data.Dataset) -> Bands:
     """The band count and normalisation of a run, from its options and its first image: the
     given mean and std, else the dataset's own (its info's extra "mean"/"std", e.g. NYUDv2's
     RGB-D), else ImageNet's for 8-bit RGB photographs; other images need theirs."""
-    image, _ = dataset[0]
+    image = first_readable_image(dataset)
     bands = image.shape[0]
     if cfg.in_channels is not None and cfg.in_channels != bands:
         raise UserError(f"in_channels is {cfg.in_channels}, but the images of {cfg.dataset} have {bands} bands",
@@ -105,6 +105,18 @@ def input_bands(cfg: TrainConfig, dataset: torch.utils.data.Dataset) -> Bands:
     raise UserError(f"the images of {cfg.dataset} are {bands}-band {str(image.dtype).removeprefix('torch.')} "
                     "values, which have no default normalisation: measure it (`atrous data stats`) and give "
                     "the mean and std it prints", argument=("mean", "std"))
+
+
+def first_readable_image(dataset: torch.utils.data.Dataset) -> torch.Tensor:
+    """The first image that reads: a damaged one is reported when training reaches it, after
+    the state of the steps before it is written (a resumable run), not before the run starts."""
+    first_error: DataError | None = None
+    for index in range(len(dataset)):
+        try:
+            return dataset[index][0]
+        except DataError as err:
+            first_error = first_error or err
+    raise first_error if first_error is not None else UserError("the training split is empty")
 
 
 def build_model(cfg: TrainConfig, info, device: torch.device, distributed: bool,
