@@ -114,3 +114,32 @@ def test_two_headed_fcn8s_trains_both_heads_on_both_label_maps(tmp_path):
 def test_sift_flow_recipe_starts_on_a_fixture_tree(tmp_path):
     make_sift_flow(tmp_path / "data", {"trainval": ["a", "b"], "test": ["c"]})
     write_recipe_and_train("sift_flow/fcn8s_vgg16", tmp_path / "data", tmp_path)
+
+
+def test_atrous_train_scores_each_head_against_its_own_label_plane(tmp_path):
+    """`atrous train` on sift_flow_both with the two-headed fcn8s: the step's losses are the
+    semantic head's cross-entropy on plane 0 and the geometric head's on plane 1 (each over its
+    own labelled pixels, as F.cross_entropy averages), summed; a dataset of one plane is refused."""
+    from atrous.errors import UserError
+    from atrous.training.trainer import TrainConfig, Trainer
+
+    make_sift_flow(tmp_path / "data", {"trainval": ["a", "b"]})
+    values = dict(model="fcn8s", backbone="resnet18", dataset="sift_flow_both", data_root=str(tmp_path / "data"),
+                  model_options={"extra_heads": {"geometric": 3}, "dropout": 0.0}, out=str(tmp_path / "run"),
+                  iters=1, batch_size=2, crop_size=None, scale_min=1.0, scale_max=1.0, flip=False, eval_split=None,
+                  progress=False)
+    trainer = Trainer(TrainConfig(**values))
+    micro_batches = next(trainer.steps())
+    images, masks = micro_batches[0]
+    assert masks.shape == (2, 2, 6, 34)
+    trainer.model.train()
+    with torch.no_grad():
+        outputs = trainer.model(images, return_aux=True)
+    semantic = F.cross_entropy(outputs["out"], masks[:, 0], ignore_index=255).item()
+    geometric = F.cross_entropy(outputs["geometric"], masks[:, 1], ignore_index=255).item()
+    losses = trainer._train_step(micro_batches, lr=0.0)
+    assert losses["out"] == pytest.approx(semantic, rel=1e-5)
+    assert losses["geometric"] == pytest.approx(geometric, rel=1e-5)
+    assert losses["loss"] == pytest.approx(semantic + geometric, rel=1e-5)
+    with pytest.raises(UserError, match="one label plane per head"):
+        Trainer(TrainConfig(**dict(values, dataset="sift_flow", out=str(tmp_path / "one")))).run()

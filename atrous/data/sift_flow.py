@@ -122,3 +122,11 @@ def sift_flow(root: str, split: str = "train") -> SiftFlow:
 def sift_flow_geometric(root: str, split: str = "train") -> SiftFlow:
     """SIFT Flow's 3 geometric classes: sky, horizontal, vertical."""
     return SiftFlow(root, split, labels="geometric")
+
+
+@register_dataset("sift_flow_both", root="sift_flow")
+def sift_flow_both(root: str, split: str = "train") -> SiftFlow:
+    """Both label maps as one (2, H, W) mask (semantic, geometric): the training set of FCN's
+    two-headed net (`fcn8s` with `extra_heads={"geometric": 3}`; the trainer scores each head
+    against its own plane)."""
+    return SiftFlow(root, split, labels="both")

@@ -5,8 +5,8 @@ trained on `SiftFlow(root, split, labels="both")`, whose masks stack the two lab
 
 Each head's loss is the given loss (e.g. `build_loss("ce")`) normalised over that head's own
 labelled pixels of the batch, and the heads' losses are summed with equal weight, as the
-reference net sums its two SoftmaxWithLoss layers. One process: the normalisers are this
-batch's (the trainer's global-batch totals are for one label map, see atrous.losses.base).
+reference net sums its two SoftmaxWithLoss layers. The normalisers here are this batch's; the
+trainer does the same over the global batch (each plane's labelled pixels across processes).
 """
 
 from __future__ import annotations

@@ -171,7 +171,7 @@ class FCN(SegmentationModel):
             if pretrained_backbone is not None:
                 self._load_vgg_classifier(pretrained_backbone)
         else:
-            self.head = FCNHead(self.backbone.channels[-1], num_classes, dropout=dropout or 0.1)
+            self.head = FCNHead(self.backbone.channels[-1], num_classes, dropout=0.1 if dropout is None else dropout)
         self.score_skips = nn.ModuleList(self._score_layer(i) for i in self.skips)
         self.upsample_skips = nn.ModuleList(self._upsampler(i) for i in self.skips)
         self.upsample_final = self._final_upsampler(num_classes, learn_final_upsampling)
@@ -194,7 +194,7 @@ class FCN(SegmentationModel):
             raise ValueError(f"extra_heads: '{name}' needs a name other than out / aux and a class count >= 1")
         head = nn.Module()
         head.score_fr = (BiasAfterConv2d(4096, classes, 1) if self.vgg
-                         else FCNHead(self.backbone.channels[-1], classes, dropout=dropout or 0.1))
+                         else FCNHead(self.backbone.channels[-1], classes, dropout=0.1 if dropout is None else dropout))
         head.score_skips = nn.ModuleList(self._score_layer(i, classes) for i in self.skips)
         head.upsample_skips = nn.ModuleList(self._upsampler(i, classes) for i in self.skips)
         head.upsample_final = self._final_upsampler(classes, learnable)

@@ -107,6 +107,40 @@ def input_bands(cfg: TrainConfig, dataset: torch.utils.data.Dataset) -> Bands:
                     "the mean and std it prints", argument=("mean", "std"))
 
 
+class MaskPlane(torch.utils.data.Dataset):
+    """A dataset whose masks stack one label plane per head, seen through one plane: (image,
+    mask[plane]). The training run evaluates the main head ("out") on plane 0."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, plane: int = 0) -> None:
+        self.dataset, self.plane, self.info = dataset, plane, dataset.info
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, mask = self.dataset[index]
+        return image, mask[self.plane]
+
+
+def extra_heads(model: torch.nn.Module, cfg: TrainConfig) -> tuple[str, ...]:
+    """The model's extra score heads (FCN's `extra_heads`), each trained with `cfg.loss` against
+    its own label plane; refused where the run could not score them."""
+    heads = tuple(getattr(model, "extra_heads", None) or ())
+    if heads and (cfg.loss_stride != 1 or cfg.task != "multiclass" or cfg.class_weights != "none"):
+        raise UserError(f"the extra heads {', '.join(heads)} train with loss_stride 1, the multiclass task and no "
+                        "class weights", argument=("loss_stride", "task", "class_weights"))
+    return heads
+
+
+def check_head_planes(masks: torch.Tensor, heads: tuple[str, ...], dataset: str) -> None:
+    """A model with extra score heads trains on masks of one plane per head (N, 1 + E, H, W)."""
+    if masks.ndim != 4 or masks.shape[1] != 1 + len(heads):
+        raise UserError(f"the model has the extra heads {', '.join(heads)}: its training masks need one label "
+                        f"plane per head ({1 + len(heads)}, H, W), but dataset {dataset} gives "
+                        f"{tuple(masks.shape[1:])} (SIFT Flow's two heads: dataset sift_flow_both)",
+                        argument="dataset")
+
+
 def first_readable_image(dataset: torch.utils.data.Dataset) -> torch.Tensor:
     """The first image that reads: a damaged one is reported when training reaches it, after
     the state of the steps before it is written (a resumable run), not before the run starts."""

@@ -80,6 +80,8 @@ class Trainer:
                                                          init=not cfg.resume, bands=self.bands)
         if self.init_report is not None and self.world.is_main:
             print(self.init_report.line())
+        self.extra_heads = parts.extra_heads(self.model, cfg)  # e.g. SIFT Flow's geometric head
+        self.head_totals: list[BatchTotals] = []  # the step's normalisers of each extra head
         self.frozen_norms = parts.fine_tuning(self.model, cfg)
         self.optimizer = parts.build_optimizer(self.model, cfg)
         self.precision = resolve_precision(cfg.precision, self.device)  # "auto" -> what runs here
@@ -199,9 +201,9 @@ class Trainer:
         with open(self.log_path, "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
-    def _batch_totals(self, masks: list[torch.Tensor]) -> BatchTotals:
+    def _batch_totals(self, masks: list[torch.Tensor], class_weights: torch.Tensor | None = None) -> BatchTotals:
         """The global batch's normalisers: one all-reduce before the forward passes."""
-        local = sum(labelled_weight(m, self.class_weights, self.info.ignore_index) for m in masks)
+        local = sum(labelled_weight(m, class_weights, self.info.ignore_index) for m in masks)
         weight = distributed.all_reduce_sum(local.reshape(1).clone()).item()
         return BatchTotals(weight, self.cfg.batch_size, self.world.size, self.cfg.grad_accum)
 
@@ -212,7 +214,12 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr * group.get("lr_mult", 1.0)
         micro_batches = [self._to_device(images, masks) for images, masks in micro_batches]
-        totals = self._batch_totals([labels_at_stride(masks, self.cfg.loss_stride) for _, masks in micro_batches])
+        for _, masks in micro_batches if self.extra_heads else ():
+            parts.check_head_planes(masks, self.extra_heads, self.cfg.dataset)
+        main = [masks[:, 0] if self.extra_heads else masks for _, masks in micro_batches]
+        totals = self._batch_totals([labels_at_stride(m, self.cfg.loss_stride) for m in main], self.class_weights)
+        self.head_totals = [self._batch_totals([masks[:, 1 + i] for _, masks in micro_batches])
+                            for i in range(len(self.extra_heads))]  # each extra head: its own labelled pixels
         self.model_learns = all(feature.trains_model(self) for feature in self.features)
         self.model.train(self.model_learns)  # a segmenter held fixed runs in eval mode
         for module in self.frozen_norms:  # --freeze backbone / --freeze-bn: statistics stay as loaded
@@ -256,8 +263,12 @@ class Trainer:
         """Forward and backward of one micro-batch; returns its (detached) shares of the losses."""
         with autocast(self.device, self.precision):
             outputs = self.net(images, return_aux=True)
+        planes, masks = (masks[:, 1:], masks[:, 0]) if self.extra_heads else (None, masks)
         scored, labels = at_loss_stride(outputs, masks, self.cfg.loss_stride)
         loss, shares = total_loss(self.loss, scored, labels, self.model.aux_weights, totals)
+        for plane, head in enumerate(self.extra_heads):  # FCN's SIFT Flow net: each head against its labels
+            share = self.loss(outputs[head], planes[:, plane], self.head_totals[plane])
+            shares[head], loss = share.detach(), loss + share
         for feature in self.features:  # e.g. Luc et al.'s adversarial term
             for key, term in feature.loss_terms(self, images, outputs, masks).items():
                 shares[key] = term.detach()
@@ -374,7 +385,8 @@ class Trainer:
             return None
         from atrous.inference.evaluate import evaluate
 
-        return evaluate(self.trained_model, self.eval_dataset, batch_size=self.cfg.eval_batch_size,
+        dataset = parts.MaskPlane(self.eval_dataset) if self.extra_heads else self.eval_dataset  # the main head
+        return evaluate(self.trained_model, dataset, batch_size=self.cfg.eval_batch_size,
                         precision=self.cfg.precision, progress=progress)
 
     def after_evaluation(self, metrics: dict[str, Any]) -> None:
