@@ -143,3 +143,39 @@ def test_atrous_train_scores_each_head_against_its_own_label_plane(tmp_path):
     assert losses["loss"] == pytest.approx(semantic + geometric, rel=1e-5)
     with pytest.raises(UserError, match="one label plane per head"):
         Trainer(TrainConfig(**dict(values, dataset="sift_flow", out=str(tmp_path / "one")))).run()
+
+
+def test_eval_scores_the_geometric_head_of_a_two_headed_checkpoint(tmp_path, capsys):
+    """`atrous eval --head geometric` on sift_flow_geometric: the geometric head's labels scored
+    against the geometric masks, as counted by hand with NumPy."""
+    from atrous.cli import main
+
+    make_sift_flow(tmp_path / "data", {"trainval": ["a", "b"], "test": ["c", "d"]})
+    out = tmp_path / "run"
+    assert main(["train", "--model", "fcn8s", "--backbone", "resnet18", "--model-opt", "extra_heads={geometric: 3}",
+                 "--dataset", "sift_flow_both", "--data-root", str(tmp_path / "data"), "--out", str(out),
+                 "--iters", "2", "--batch-size", "2", "--crop-size", "16", "--eval-split", "test",
+                 "--no-progress"]) == 0, capsys.readouterr().err
+    scores = tmp_path / "geometric.json"
+    assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--dataset", "sift_flow_geometric",
+                 "--data-root", str(tmp_path / "data"), "--split", "test", "--head", "geometric",
+                 "--precision", "fp32", "--json", str(scores), "--no-progress"]) == 0, capsys.readouterr().err
+    import json
+
+    metrics = json.loads(scores.read_text())
+    model = atrous.load_checkpoint(str(out / "model.safetensors")).eval()
+    test = SiftFlow(str(tmp_path / "data"), "test", labels="geometric")
+    correct = labelled = 0
+    for image, mask in test:
+        x = (image.float()[None] / 255 - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+            [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+        with torch.no_grad():
+            predicted = model(x, return_aux=True)["geometric"].argmax(1)[0]
+        keep = mask != 255
+        correct += int((predicted[keep] == mask[keep]).sum())
+        labelled += int(keep.sum())
+    assert metrics["pixel_accuracy"] == pytest.approx(correct / labelled)
+    assert metrics["class_names"] == list(test.info.class_names)
+    assert main(["eval", "--checkpoint", str(out / "model.safetensors"), "--dataset", "sift_flow_geometric",
+                 "--data-root", str(tmp_path / "data"), "--split", "test", "--head", "depth", "--no-progress"]) == 2
+    assert "--head depth" in capsys.readouterr().err

@@ -17,6 +17,7 @@ from atrous.inference.evaluate import FirstItems, evaluate, format_table
 from atrous.inference.plots import RANK_BY, WorstImages, require_matplotlib, write_eval_plots
 from atrous.inference.refinement import build_crf
 from atrous.models import SegmentationModel
+from atrous.models.base import HeadOutput
 from atrous.options import ProgressOptions, check_options, option
 from atrous.outputs import require_writable_file, require_writable_folder, write_json_atomic
 from atrous.runtime.device import resolve_device
@@ -41,6 +42,8 @@ class EvalOptions(ViewOptions, CrfOptions, DatasetOptions, ThresholdOptions, Dev
                                metavar="DIR")
     plots_worst: int = option(4, "how many of the worst images errors.png shows (0: none)", ge=0, metavar="N")
     plots_by: str = option("mIoU", "the per-image score that ranks the worst images", choices=RANK_BY)
+    head: str = option("out", "the score head evaluated: out (the model's output), or one of its extra heads "
+                       "(FCN's SIFT Flow net: geometric, with --dataset sift_flow_geometric)")
 
 
 def load_model(path: str, device: str | None, output_stride: int | None = None) -> SegmentationModel:
@@ -70,6 +73,17 @@ def run(opts: EvalOptions) -> dict[str, Any]:
     return metrics
 
 
+def _head(model: SegmentationModel, head: str, info: Any) -> HeadOutput:
+    """One of the model's extra score heads as the model evaluated, named as the dataset names
+    its classes."""
+    try:
+        view = HeadOutput(model, head)
+    except (ValueError, AttributeError) as err:
+        raise UserError(f"--head {head}: {err}") from err
+    view.meta.update(class_names=list(info.class_names), palette=[list(c) for c in info.palette])
+    return view
+
+
 def _evaluate(opts: EvalOptions) -> tuple[dict[str, Any], WorstImages | None, Any]:
     """The metrics; with --plots, the worst images (this process's share under torchrun) and
     the palette too."""
@@ -83,6 +97,8 @@ def _evaluate(opts: EvalOptions) -> tuple[dict[str, Any], WorstImages | None, An
     info = dataset.info
     if opts.max_images is not None:
         dataset = FirstItems(dataset, opts.max_images)
+    if opts.head != "out":
+        model = _head(model, opts.head, info)
     if info.num_classes != model.num_classes:
         what = "classes" if task == "multiclass" else "labels"
         raise UserError(f"{opts.checkpoint} predicts {model.num_classes} {what} but dataset {opts.dataset} "

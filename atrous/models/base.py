@@ -162,3 +162,24 @@ def _upsample_and_crop(
     if logits.shape[-2:] != padded_size:
         logits = F.interpolate(logits, size=padded_size, mode="bilinear", align_corners=False)
     return logits[..., : size[0], : size[1]]
+
+
+class HeadOutput(nn.Module):
+    """One of a model's extra score heads seen as a model of its own: `forward(x)` gives that
+    head's logits (N, K_head, H, W), e.g. the geometric head of FCN's SIFT Flow net
+    (`create_model("fcn8s", 33, extra_heads={"geometric": 3})`), for evaluation. `meta` (class
+    names, palette) is the caller's to set for the head's classes."""
+
+    def __init__(self, model: SegmentationModel, head: str) -> None:
+        super().__init__()
+        heads = dict(((model.config or {}).get("options") or {}).get("extra_heads") or {})
+        if head not in heads:
+            raise ValueError(f"head '{head}' is not one of the model's extra heads "
+                             f"({', '.join(heads) or 'it has none'}; 'out' is its main output)")
+        self.model, self.head = model, head
+        self.num_classes, self.in_channels = int(heads[head]), model.in_channels
+        self.meta: dict[str, Any] = dict(getattr(model, "meta", None) or {})
+        self.config = model.config
+
+    def forward(self, x: torch.Tensor, return_aux: bool = False) -> torch.Tensor:
+        return self.model(x, return_aux=True)[self.head]
