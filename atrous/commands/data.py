@@ -71,8 +71,8 @@ def _stats(opts: DataOptions, dataset) -> int:
 def _check(opts: DataOptions, dataset) -> int:
     classes = dataset.info.num_classes
 
-    def mask_problem(mask) -> str | None:
-        return check_mask(mask.numpy(), opts.task, classes, "")
+    def mask_problem(mask, name: str) -> str | None:
+        return check_mask(mask.numpy(), opts.task, classes, name)
 
     with progress_bar(len(dataset), desc="check", unit="pair", disable=not opts.progress) as bar:
         problems = check_dataset(dataset, check_mask=mask_problem, advance=bar.update)

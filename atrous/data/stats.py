@@ -115,10 +115,11 @@ def spaced_indices(length: int, at_most: int | None) -> list[int]:
     return sorted({round(i) for i in np.linspace(0, length - 1, at_most)})
 
 
-def check_dataset(dataset: torch.utils.data.Dataset, *, check_mask: Callable[[torch.Tensor], str | None] | None = None,
+def check_dataset(dataset: torch.utils.data.Dataset, *,
+                  check_mask: Callable[[torch.Tensor, str], str | None] | None = None,
                   advance: Callable[[int], None] = lambda n: None) -> list[str]:
     """Every item read; one line per problem (unreadable file, sizes that differ, labels outside
-    the classes, a band count unlike the first image's, what `check_mask` says of a mask),
+    the classes, a band count unlike the first image's, what `check_mask(mask, name)` says of a mask),
     without stopping at the first."""
     problems: list[str] = []
     bands: tuple[int, str] | None = None
@@ -133,9 +134,9 @@ def check_dataset(dataset: torch.utils.data.Dataset, *, check_mask: Callable[[to
                 bands = (image.shape[0], name)
             elif image.shape[0] != bands[0]:
                 problems.append(f"image {name} has {image.shape[0]} bands; {bands[1]} (the first) has {bands[0]}")
-            problem = check_mask(mask) if check_mask is not None else None
+            problem = check_mask(mask, f"of {name}") if check_mask is not None else None
             if problem:
-                problems.append(f"mask of {name}: {problem}")
+                problems.append(problem)
         advance(1)
     return problems
 
